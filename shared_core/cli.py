@@ -1,0 +1,73 @@
+"""The `extradim` command line.
+
+Subcommands come from two places: the core's own (below) and the `extradim.commands` entry-point
+group, through which `video`, `threed` and the extension packages in `packages/` add theirs. The
+core never imports a modality: it only calls the `register(subparsers)` function an entry point
+names. A broken extension is reported loudly, never swallowed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from importlib.metadata import entry_points
+
+from shared_core import __version__
+from shared_core.errors import ExtradimError
+
+Register = Callable[[argparse._SubParsersAction], None]
+
+
+def _core_commands() -> list[tuple[str, Register]]:
+    from shared_core import toy
+
+    commands: list[tuple[str, Register]] = [("demo", toy.register_cli)]
+    try:
+        from shared_core.train import cli as train_cli
+    except ImportError:  # the engine module is optional while it is being built
+        return commands
+    commands.append(("train", train_cli.register_cli))
+    return commands
+
+
+def _plugin_commands() -> list[tuple[str, Register]]:
+    found = []
+    for ep in sorted(entry_points(group="extradim.commands"), key=lambda e: e.name):
+        try:
+            found.append((ep.name, ep.load()))
+        except Exception as exc:  # an extension that fails to import must say so, not vanish
+            raise ExtradimError(f"extension command {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
+    return found
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="extradim",
+        description="Diffusion beyond still images: video and 3-D on one shared core.",
+    )
+    parser.add_argument("--version", action="version", version=f"extradim {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for _, register in _core_commands() + _plugin_commands():
+        register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if getattr(args, "func", None) is None:
+            parser.print_help()
+            return 0
+        return int(args.func(args) or 0)
+    except ExtradimError as exc:
+        print(f"extradim: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("extradim: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""DDPM ancestral sampling (Ho et al. 2020, Algorithm 2) with fixed or learned variances."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from shared_core.denoiser import Denoiser
+from shared_core.samplers._common import Callback, check_inputs, noise_like, report
+
+VARIANCES = ("fixed_small", "fixed_large", "learned_range", "learned")
+
+
+@torch.no_grad()
+def sample_ddpm(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    variance: str = "fixed_small",
+    variance_preserving: bool = True,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callback | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """DDPM: x_s ~ q(x_s | x_t, x0_hat) at every step (Ho et al. 2020, Algorithm 2; eq. 6-7).
+
+    In VE coordinates the forward chain is x_t = x_s + sqrt(sigma_t^2 - sigma_s^2) z for VP and VE
+    processes alike, so the posterior is N(x0 + sigma_s^2 / sigma_t^2 (x_t - x0), var) with
+      fixed_small:   var = sigma_s^2 (sigma_t^2 - sigma_s^2) / sigma_t^2  (beta-tilde, Ho et al.),
+      fixed_large:   var = beta_t / alpha_s^2 = (sigma_t^2 - sigma_s^2)(1 + sigma_s^2)/(1 + sigma_t^2)
+                     for VP (sigma_t^2 - sigma_s^2 for VE),
+      learned_range: log var = f log(large) + (1 - f) log(small), f = (v + 1) / 2, with the
+                     denoiser returning (x0, v) (Nichol & Dhariwal 2021, eq. 15),
+      learned:       the denoiser returns (x0, log of the native variance).
+    The last step to sigma = 0 returns x0 without noise.
+
+    Args:
+        denoiser: the model; must return (x0, v) for the learned variances.
+        x: x_T in VE coordinates (B, ...).
+        sigmas: descending VE levels (n + 1,), e.g. ``schedule.sigmas(n)``.
+    """
+    if variance not in VARIANCES:
+        raise ValueError(f"unknown variance {variance!r}; valid: {', '.join(VARIANCES)}")
+    sigmas = check_inputs(x, sigmas)
+    learned = variance.startswith("learned")
+    for i in range(len(sigmas) - 1):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        out = denoiser(x, s.to(x.dtype).expand(x.shape[0]), **(extra_args or {}))
+        if learned != isinstance(out, tuple):
+            raise ValueError(f"variance={variance!r} needs a denoiser that returns (x0, v) exactly when learned")
+        x0, v = out if learned else (out, None)
+        if s_next == 0:
+            x = x0
+        else:
+            ratio = s_next**2 / s**2
+            mean = x0 + ratio.to(x.dtype) * (x - x0)
+            small = s_next**2 * (s**2 - s_next**2) / s**2
+            large = (s**2 - s_next**2) * ((1 + s_next**2) / (1 + s**2) if variance_preserving else 1)
+            if variance == "fixed_small":
+                std = small.sqrt().to(x.dtype)
+            elif variance == "fixed_large":
+                std = large.sqrt().to(x.dtype)
+            elif variance == "learned_range":
+                frac = (v + 1) / 2
+                std = torch.exp(0.5 * (frac * large.log() + (1 - frac) * small.log()).to(x.dtype))
+            else:
+                alpha_s2 = 1 / (1 + s_next**2) if variance_preserving else torch.ones_like(s_next)
+                std = torch.exp(0.5 * v) / alpha_s2.sqrt().to(x.dtype)
+            x = mean + std * noise_like(x, generator)
+        report(callback, i, x, s, s_next, x0)
+    return x
+
+

@@ -1,0 +1,84 @@
+"""Euler and Heun samplers of Karras et al. 2022 (EDM), with optional stochastic churn."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from shared_core.denoiser import Denoiser
+from shared_core.samplers._common import Callback, check_inputs, denoise, noise_like, report, to_d
+
+
+def _churn(
+    x: Tensor, s: Tensor, n: int, s_churn: float, s_tmin: float, s_tmax: float, s_noise: float, generator
+) -> tuple[Tensor, Tensor]:
+    """EDM Algorithm 2, lines 5-6: raise the noise level to s_hat = s (1 + gamma) by adding noise."""
+    gamma = min(s_churn / n, math.sqrt(2) - 1) if s_tmin <= float(s) <= s_tmax else 0.0
+    if gamma == 0:
+        return x, s
+    s_hat = s * (1 + gamma)
+    x = x + ((s_hat**2 - s**2).sqrt() * s_noise).to(x.dtype) * noise_like(x, generator)
+    return x, s_hat
+
+
+@torch.no_grad()
+def sample_euler(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = float("inf"),
+    s_noise: float = 1.0,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callback | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Euler on the probability-flow ODE (Karras et al. 2022, Algorithm 2 without the Heun
+    correction); ``s_churn`` > 0 adds EDM's stochastic churn."""
+    sigmas = check_inputs(x, sigmas)
+    n = len(sigmas) - 1
+    for i in range(n):
+        x, s = _churn(x, sigmas[i], n, s_churn, s_tmin, s_tmax, s_noise, generator)
+        x0 = denoise(denoiser, x, s, extra_args)
+        x = x + to_d(x, s, x0) * (sigmas[i + 1] - s).to(x.dtype)
+        report(callback, i, x, s, sigmas[i + 1], x0)
+    return x
+
+
+@torch.no_grad()
+def sample_heun(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = float("inf"),
+    s_noise: float = 1.0,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callback | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Heun's 2nd-order method (Karras et al. 2022, Algorithm 2): an Euler step, then the average of
+    the slopes at both ends; the last step to sigma = 0 stays Euler (line 9)."""
+    sigmas = check_inputs(x, sigmas)
+    n = len(sigmas) - 1
+    for i in range(n):
+        x, s = _churn(x, sigmas[i], n, s_churn, s_tmin, s_tmax, s_noise, generator)
+        s_next = sigmas[i + 1]
+        x0 = denoise(denoiser, x, s, extra_args)
+        d = to_d(x, s, x0)
+        dt = (s_next - s).to(x.dtype)
+        x_euler = x + d * dt
+        if s_next == 0:
+            x = x_euler
+        else:
+            d_next = to_d(x_euler, s_next, denoise(denoiser, x_euler, s_next, extra_args))
+            x = x + (d + d_next) / 2 * dt
+        report(callback, i, x, s, s_next, x0)
+    return x
