@@ -70,7 +70,11 @@ class NetworkDenoiser(nn.Module):
             raise ValueError("return_variance needs learned_variance=True")
         self.net, self.schedule, self.prediction = net, schedule, prediction
         self.quantize, self.clip_x0 = quantize, clip_x0
-        self.learned_variance, self.return_variance, self.channel_dim = learned_variance, return_variance, channel_dim
+        self.learned_variance, self.return_variance, self.channel_dim = (
+            learned_variance,
+            return_variance,
+            channel_dim,
+        )
 
     def forward(self, x: Tensor, sigma: Tensor | float, **cond: Any) -> Tensor | tuple[Tensor, Tensor]:
         s_ve = as_sigma_batch(sigma, x)

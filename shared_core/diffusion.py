@@ -202,7 +202,12 @@ class LossAwareTimesteps:
             num_bins = schedule.num_steps  # type: ignore[union-attr]
         elif num_bins is None:
             num_bins = 100
-        self.schedule, self.num_bins, self.history, self.uniform_prob = schedule, num_bins, history, uniform_prob
+        self.schedule, self.num_bins, self.history, self.uniform_prob = (
+            schedule,
+            num_bins,
+            history,
+            uniform_prob,
+        )
         self.losses = torch.zeros(num_bins, history, dtype=torch.float64)
         self.counts = torch.zeros(num_bins, dtype=torch.long)
 
@@ -236,7 +241,9 @@ class LossAwareTimesteps:
 
     def update(self, t: Tensor, losses: Tensor) -> None:
         """Record per-sample (unweighted) losses at their timesteps."""
-        for b, loss in zip(self._bin(t.detach().cpu().to(torch.float64)).tolist(), losses.detach().cpu().tolist()):
+        for b, loss in zip(
+            self._bin(t.detach().cpu().to(torch.float64)).tolist(), losses.detach().cpu().tolist()
+        ):
             row = self.losses[b]
             if self.counts[b] >= self.history:
                 self.losses[b] = torch.cat([row[1:], row.new_tensor([loss])])

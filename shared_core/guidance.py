@@ -56,7 +56,9 @@ class CFGDenoiser(nn.Module):
         self._null_cache: dict[tuple[int, torch.device], dict[str, Tensor]] = {}
 
     @classmethod
-    def from_scale(cls, denoiser: Denoiser, scale: float, null_cond: Any, rescale: float = 0.0) -> CFGDenoiser:
+    def from_scale(
+        cls, denoiser: Denoiser, scale: float, null_cond: Any, rescale: float = 0.0
+    ) -> CFGDenoiser:
         """Build from the common scale s = 1 + w."""
         return cls(denoiser, scale - 1.0, null_cond, rescale)
 
@@ -66,7 +68,10 @@ class CFGDenoiser(nn.Module):
             if callable(self.null_cond):
                 null = self.null_cond(batch)
             else:
-                null = {k: v.expand(batch, *v.shape[1:]) if v.shape[0] == 1 else v for k, v in self.null_cond.items()}
+                null = {
+                    k: v.expand(batch, *v.shape[1:]) if v.shape[0] == 1 else v
+                    for k, v in self.null_cond.items()
+                }
             self._null_cache[key] = {k: v.to(device) for k, v in null.items()}
         return self._null_cache[key]
 
@@ -77,7 +82,9 @@ class CFGDenoiser(nn.Module):
         null = self._null(x.shape[0], x.device)
         if set(null) != {k for k, v in cond.items() if isinstance(v, Tensor)}:
             raise ValueError(f"null condition keys {sorted(null)} do not match condition keys {sorted(cond)}")
-        both = {k: torch.cat([v, null[k].to(v.dtype)]) if isinstance(v, Tensor) else v for k, v in cond.items()}
+        both = {
+            k: torch.cat([v, null[k].to(v.dtype)]) if isinstance(v, Tensor) else v for k, v in cond.items()
+        }
         out = self.denoiser(torch.cat([x, x]), torch.cat([sigma_b, sigma_b]), **both)
         x0_c, x0_u = out.chunk(2)
         x0 = x0_u + (1.0 + self.w) * (x0_c - x0_u)

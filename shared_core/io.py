@@ -14,14 +14,23 @@ from typing import Any
 from shared_core import __version__
 from shared_core.errors import ExtradimError
 
-__all__ = ["atomic_path", "check_writable", "file_sha256", "progress_callback", "write_json", "write_manifest"]
+__all__ = [
+    "atomic_path",
+    "check_writable",
+    "file_sha256",
+    "progress_callback",
+    "write_json",
+    "write_manifest",
+]
 
 
 def check_writable(path: str | os.PathLike[str], suffixes: tuple[str, ...] | None = None) -> Path:
     """Validate an output path before any work is done: known suffix, existing writable folder."""
     p = Path(path)
     if suffixes is not None and p.suffix.lower() not in suffixes:
-        raise ExtradimError(f"unsupported output extension {p.suffix or '(none)'!r} for {p}; use {', '.join(suffixes)}")
+        raise ExtradimError(
+            f"unsupported output extension {p.suffix or '(none)'!r} for {p}; use {', '.join(suffixes)}"
+        )
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise ExtradimError(f"output folder does not exist: {parent}")
@@ -65,7 +74,9 @@ def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
 def write_manifest(output: str | os.PathLike[str], **fields: Any) -> Path:
     """Write ``<output>.json`` beside an output: the given fields plus the extradim version."""
     out = Path(output)
-    return write_json(out.with_name(out.name + ".json"), {"version": __version__, "output": out.name, **fields})
+    return write_json(
+        out.with_name(out.name + ".json"), {"version": __version__, "output": out.name, **fields}
+    )
 
 
 def progress_callback(bar: Any) -> Callable[[dict[str, Any]], None]:

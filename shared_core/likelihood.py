@@ -40,10 +40,14 @@ LN2 = math.log(2.0)
 
 def normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) -> Tensor:
     """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)), elementwise, in nats."""
-    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+    return 0.5 * (
+        -1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2)
+    )
 
 
-def discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, log_scale: Tensor, bins: int = 256) -> Tensor:
+def discretized_gaussian_log_likelihood(
+    x: Tensor, mean: Tensor, log_scale: Tensor, bins: int = 256
+) -> Tensor:
     """log P(x) of data in [-1, 1] quantised to ``bins`` levels under N(mean, e^{2 log_scale}),
     integrated over each bin; the edge bins extend to +-inf (Ho et al. 2020, eq. 13). Elementwise."""
     half = 1.0 / (bins - 1)
@@ -80,7 +84,9 @@ def _native(schedule: DiscreteSchedule, t: Tensor) -> tuple[Tensor, Tensor, Tens
     beta = 1 - ab_t / ab_prev
     beta_tilde = beta * (1 - ab_prev) / (1 - ab_t)
     bt1 = schedule.betas[1] * (1 - ab[0]) / (1 - ab[1]) if len(ab) > 1 else beta[:1]
-    log_bt = torch.where(ti > 0, beta_tilde.clamp(min=1e-30).log(), torch.as_tensor(bt1).log().expand_as(beta))
+    log_bt = torch.where(
+        ti > 0, beta_tilde.clamp(min=1e-30).log(), torch.as_tensor(bt1).log().expand_as(beta)
+    )
     return ab_t.sqrt(), (1 - ab_t).sqrt(), ab_prev.sqrt(), (1 - ab_prev).sqrt(), beta.log(), log_bt
 
 
@@ -108,7 +114,9 @@ def vb_term(
         model_logvar = append_dims(log_beta, ndim).to(x0)
     elif variance == "learned_range":
         frac = (v + 1) / 2
-        model_logvar = frac * append_dims(log_beta, ndim).to(x0) + (1 - frac) * append_dims(log_bt, ndim).to(x0)
+        model_logvar = frac * append_dims(log_beta, ndim).to(x0) + (1 - frac) * append_dims(log_bt, ndim).to(
+            x0
+        )
     elif variance == "learned":
         model_logvar = v
     else:

@@ -54,7 +54,11 @@ def _as_tensor(t: Tensor | float | int) -> Tensor:
 
 
 def make_betas(
-    name: str, num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, max_beta: float = 0.999
+    name: str,
+    num_steps: int = 1000,
+    beta_start: float = 1e-4,
+    beta_end: float = 0.02,
+    max_beta: float = 0.999,
 ) -> Tensor:
     """Betas of a discrete schedule, float64, shape (num_steps,).
 
@@ -214,7 +218,9 @@ class DiscreteSchedule:
     def log_snr(self, t: Tensor | float) -> Tensor:
         return -2 * self.sigma(t).log()
 
-    def timesteps(self, n: int, spacing: str = "trailing", offset: int = 0, round_linspace: bool = False) -> Tensor:
+    def timesteps(
+        self, n: int, spacing: str = "trailing", offset: int = 0, round_linspace: bool = False
+    ) -> Tensor:
         """Descending sampling timesteps (float64, length n). The default, "trailing", starts at the
         last training step, so the first level is the schedule's sigma_max (Lin et al. 2024); diffusers'
         DDIM default "leading" starts lower and is kept for parity.

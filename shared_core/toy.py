@@ -152,7 +152,10 @@ def run_demo(args: argparse.Namespace) -> int:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(8, 4), sharex=True, sharey=True)
-    for ax, pts, title in ((axes[0], truth, "true mixture"), (axes[1], samples, f"{args.sampler}, {args.steps} steps")):
+    for ax, pts, title in (
+        (axes[0], truth, "true mixture"),
+        (axes[1], samples, f"{args.sampler}, {args.steps} steps"),
+    ):
         ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.5)
         ax.set_title(title)
         ax.set_aspect("equal")
@@ -180,7 +183,9 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def register_cli(sub: Any) -> None:
     p = sub.add_parser("demo", help="sample a 2-D Gaussian mixture with its exact denoiser and plot it")
-    p.add_argument("-o", "--output", default="demo.png", help="output PNG (a .json manifest is written beside it)")
+    p.add_argument(
+        "-o", "--output", default="demo.png", help="output PNG (a .json manifest is written beside it)"
+    )
     p.add_argument("--sampler", default="dpmpp_2m")
     p.add_argument("--schedule", default="linear")
     p.add_argument("--steps", type=int, default=20)

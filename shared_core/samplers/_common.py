@@ -39,7 +39,9 @@ def check_inputs(x: Tensor, sigmas: Tensor) -> Tensor:
     return sigmas.to(device=x.device, dtype=torch.float64)
 
 
-def denoise(denoiser: Callable[..., Any], x: Tensor, sigma: Tensor, extra_args: dict[str, Any] | None) -> Tensor:
+def denoise(
+    denoiser: Callable[..., Any], x: Tensor, sigma: Tensor, extra_args: dict[str, Any] | None
+) -> Tensor:
     """Call the denoiser at a scalar level, check the result, return x0 (drops a learned variance)."""
     out = denoiser(x, sigma.to(x.dtype).expand(x.shape[0]), **(extra_args or {}))
     if isinstance(out, tuple):
@@ -72,6 +74,8 @@ def ancestral_step(sigma_from: Tensor, sigma_to: Tensor, eta: float = 1.0) -> tu
     return down, up
 
 
-def report(callback: Callback | None, i: int, x: Tensor, sigma: Tensor, sigma_next: Tensor, denoised: Tensor) -> None:
+def report(
+    callback: Callback | None, i: int, x: Tensor, sigma: Tensor, sigma_next: Tensor, denoised: Tensor
+) -> None:
     if callback is not None:
         callback({"i": i, "x": x, "sigma": sigma, "sigma_next": sigma_next, "denoised": denoised})

@@ -50,8 +50,12 @@ def sample_ddpm(
         s, s_next = sigmas[i], sigmas[i + 1]
         out = denoiser(x, s.to(x.dtype).expand(x.shape[0]), **(extra_args or {}))
         if learned != isinstance(out, tuple):
-            raise ValueError(f"variance={variance!r} needs a denoiser that returns (x0, v) exactly when learned")
+            raise ValueError(
+                f"variance={variance!r} needs a denoiser that returns (x0, v) exactly when learned"
+            )
         x0, v = out if learned else (out, None)
+        if x0.shape != x.shape:
+            raise ValueError(f"denoiser returned shape {tuple(x0.shape)} for input {tuple(x.shape)}")
         if s_next == 0:
             x = x0
         else:
@@ -72,5 +76,3 @@ def sample_ddpm(
             x = mean + std * noise_like(x, generator)
         report(callback, i, x, s, s_next, x0)
     return x
-
-

@@ -123,7 +123,7 @@ def sample_annealed_langevin(
     sigmas: Tensor,
     *,
     steps_per_level: int = 100,
-    step_lr: float = 2e-5,
+    step_lr: float | None = None,
     final_denoise: bool = True,
     extra_args: dict[str, Any] | None = None,
     callback: Callback | None = None,
@@ -134,12 +134,19 @@ def sample_annealed_langevin(
     For each positive level sigma_i: ``steps_per_level`` steps x += a_i/2 score + sqrt(a_i) z with
     a_i = step_lr sigma_i^2 / sigma_L^2. ``final_denoise`` then returns D(x, sigma_L), the
     denoising step of Jolicoeur-Martineau et al. 2021. Trailing zeros in ``sigmas`` are ignored.
+    The default step_lr = 0.2 sigma_L^2 is NCSN's 2e-5 at its sigma_L = 0.01, carried to any grid.
     """
-    if steps_per_level < 1 or step_lr <= 0:
-        raise ValueError("steps_per_level must be >= 1 and step_lr > 0")
     sigmas = check_inputs(x, sigmas)
     levels = sigmas[sigmas > 0]
     last = levels[-1]
+    step_lr = 0.2 * float(last) ** 2 if step_lr is None else step_lr
+    if steps_per_level < 1 or step_lr <= 0:
+        raise ValueError("steps_per_level must be >= 1 and step_lr > 0")
+    # a_i / sigma_i^2 = step_lr / sigma_L^2 at every level; past ~4 the chain diverges even on a Gaussian
+    if step_lr > 4 * float(last) ** 2:
+        raise ValueError(
+            f"step_lr {step_lr:g} is unstable for sigma_min {float(last):g}: need step_lr <= 4 sigma_min^2"
+        )
     for i, s in enumerate(levels):
         a = (step_lr * s**2 / last**2).to(x.dtype)
         for _ in range(steps_per_level):

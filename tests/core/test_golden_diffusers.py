@@ -109,7 +109,9 @@ def test_ddim_eta_clip_and_sigma_min_final(schedule: str) -> None:
         x = sched.step(out, t, x, eta=0.5, generator=g, use_clipped_model_output=True).prev_sample
     sigmas = ours.sigmas(n, "trailing", final="min")
     den = NetworkDenoiser(dummy_net, ours, clip_x0=1.0)
-    out = sample_ddim(den, z * ours.prior_std(sigmas[0]).float(), sigmas, eta=0.5, generator=make_generator(5))
+    out = sample_ddim(
+        den, z * ours.prior_std(sigmas[0]).float(), sigmas, eta=0.5, generator=make_generator(5)
+    )
     alpha_last = (1 + sigmas[-1] ** 2).rsqrt().float()  # ours ends in VE coordinates at sigma(t=0)
     assert rel_err(out * alpha_last, x) <= 1e-5
 
@@ -128,7 +130,9 @@ def test_ddpm(schedule: str, n: int, variance: str) -> None:
     den = NetworkDenoiser(
         lambda x, t: dummy_net(x, t, channels), ours, learned_variance=learned, return_variance=learned
     )
-    out = sample_ddpm(den, z * ours.prior_std(sigmas[0]).float(), sigmas, variance=variance, generator=make_generator(7))
+    out = sample_ddpm(
+        den, z * ours.prior_std(sigmas[0]).float(), sigmas, variance=variance, generator=make_generator(7)
+    )
     assert rel_err(out, ref) <= 1e-5
 
 
@@ -137,7 +141,10 @@ def test_ddpm(schedule: str, n: int, variance: str) -> None:
 @pytest.mark.parametrize("karras", [False, True])
 def test_dpmpp_2m(schedule: str, n: int, karras: bool) -> None:
     sched = diffusers.DPMSolverMultistepScheduler(
-        **SCHEDULES[schedule], algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="trailing",
+        **SCHEDULES[schedule],
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+        timestep_spacing="trailing",
         use_karras_sigmas=karras,
     )
     # diffusers maps Karras sigmas to steps by log-sigma interpolation, then rounds them
@@ -161,7 +168,9 @@ def test_euler_heun(schedule: str, n: int, karras: bool, method: str) -> None:
     ours = shared_table(sched, "log" if karras else "linear")
     sched.set_timesteps(n)
     if not karras:
-        assert torch.allclose(sched.timesteps.double()[:: 2 if method == "heun" else 1][:n], ours.timesteps(n, "linspace"))
+        assert torch.allclose(
+            sched.timesteps.double()[:: 2 if method == "heun" else 1][:n], ours.timesteps(n, "linspace")
+        )
     z = randn(SHAPE, make_generator(5))
     ref = run_diffusers(sched, n, z)
     sigmas = ours.sigmas(n, "linspace", karras=karras)

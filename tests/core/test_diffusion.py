@@ -1,0 +1,199 @@
+"""Schedules, the forward process, parameterisations, loss weightings and timestep samplers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from shared_core.diffusion import (
+    PREDICTIONS,
+    LogNormalTimesteps,
+    LossAwareTimesteps,
+    UniformTimesteps,
+    convert_prediction,
+    diffusion_loss,
+    loss_weight,
+    q_posterior,
+    q_sample,
+)
+from shared_core.random import make_generator, randn
+from shared_core.schedules import (
+    DiscreteSchedule,
+    VESchedule,
+    VPSchedule,
+    karras_sigmas,
+    make_betas,
+    rescale_zero_terminal_snr,
+)
+
+
+@pytest.mark.parametrize("name", ["linear", "scaled_linear", "cosine", "sigmoid"])
+def test_beta_schedules_valid(name: str) -> None:
+    b = make_betas(name, 1000)
+    assert b.shape == (1000,) and (b > 0).all() and (b <= 0.999).all()
+    s = DiscreteSchedule(b)
+    assert (s.all_sigmas[1:] > s.all_sigmas[:-1]).all()  # noise grows with t
+
+
+def test_zero_terminal_snr() -> None:
+    b = rescale_zero_terminal_snr(make_betas("linear"))
+    ab = torch.cumprod(1 - b, 0)
+    assert ab[-1].abs() < 1e-12
+    assert torch.allclose(ab[0], torch.cumprod(1 - make_betas("linear"), 0)[0])
+    s = DiscreteSchedule(b)
+    assert math.isfinite(s.sigma_max) and s.sigma_max > 4000  # clamped, documented
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        DiscreteSchedule.from_name("cosine", interpolation="log"),
+        DiscreteSchedule.from_name("linear"),
+        VPSchedule("linear"),
+        VPSchedule("cosine"),
+        VESchedule(),
+    ],
+)
+def test_t_sigma_roundtrip_and_alpha_sigma(schedule) -> None:
+    lo, hi = (0.0, 999.0) if schedule.discrete else (schedule.t_min, schedule.t_max)
+    t = torch.linspace(lo, hi, 37, dtype=torch.float64)
+    assert torch.allclose(schedule.t_from_sigma(schedule.sigma(t)), t, atol=1e-6 * max(hi, 1))
+    a, s = schedule.alpha_sigma(t)
+    assert torch.allclose(s / a, schedule.sigma(t), rtol=1e-9)
+    assert torch.allclose(schedule.log_snr(t), 2 * (a / s).log(), atol=1e-9)
+    if schedule.variance_preserving:
+        assert torch.allclose(a**2 + s**2, torch.ones_like(a))
+
+
+def test_karras_endpoints() -> None:
+    s = karras_sigmas(10, 0.002, 80.0)
+    assert s.shape == (11,) and s[-1] == 0
+    assert math.isclose(s[0], 80.0) and math.isclose(s[-2], 0.002, rel_tol=1e-9)
+
+
+@pytest.mark.parametrize("vp", [True, False])
+def test_prediction_conversions_exact(vp: bool) -> None:
+    g = make_generator(0)
+    x0, eps = randn((5, 3, 2), g, dtype=torch.float64), randn((5, 3, 2), g, dtype=torch.float64)
+    sigma = torch.rand(5, generator=g, dtype=torch.float64) * 2 + 0.05
+    alpha = (1 - sigma.clamp(max=0.99) ** 2).sqrt() if vp else torch.ones(5, dtype=torch.float64)
+    sigma = sigma.clamp(max=0.99) if vp else sigma
+    x_t = q_sample(x0, alpha, sigma, eps)
+    truth = {"x0": x0, "eps": eps}
+    truth["v"] = convert_prediction(eps, x_t, alpha, sigma, "eps", "v")
+    truth["score"] = -eps / sigma.reshape(-1, 1, 1)
+    for src in PREDICTIONS:
+        for dst in PREDICTIONS:
+            out = convert_prediction(truth[src], x_t, alpha, sigma, src, dst)
+            assert torch.allclose(out, truth[dst], atol=1e-10), (src, dst)
+    if vp:  # Salimans & Ho: v = alpha eps - sigma x0
+        assert torch.allclose(truth["v"], alpha.reshape(-1, 1, 1) * eps - sigma.reshape(-1, 1, 1) * x0)
+
+
+def test_posterior_matches_ddpm_eq7() -> None:
+    s = DiscreteSchedule.from_name("linear")
+    ab, betas = s.alphas_cumprod, s.betas
+    t = torch.tensor([1, 10, 500, 999])
+    g = make_generator(1)
+    x0, x_t = randn((4, 3), g, dtype=torch.float64), randn((4, 3), g, dtype=torch.float64)
+    a_t, s_t = ab[t].sqrt(), (1 - ab[t]).sqrt()
+    a_p, s_p = ab[t - 1].sqrt(), (1 - ab[t - 1]).sqrt()
+    mean, var = q_posterior(x0, x_t, a_t, s_t, a_p, s_p)
+    coef0 = (ab[t - 1].sqrt() * betas[t] / (1 - ab[t]))[:, None]
+    coeft = ((1 - betas[t]).sqrt() * (1 - ab[t - 1]) / (1 - ab[t]))[:, None]
+    assert torch.allclose(mean, coef0 * x0 + coeft * x_t)
+    assert torch.allclose(var.squeeze(1), betas[t] * (1 - ab[t - 1]) / (1 - ab[t]))
+
+
+def test_loss_weights_consistent_across_parameterisations() -> None:
+    """The same estimate weighted by min-SNR gives the same loss whatever the parameterisation."""
+    g = make_generator(2)
+    x0, eps = randn((6, 4), g, dtype=torch.float64), randn((6, 4), g, dtype=torch.float64)
+    sigma = torch.linspace(0.05, 0.99, 6, dtype=torch.float64)
+    alpha = (1 - sigma**2).sqrt()
+    x_t = q_sample(x0, alpha, sigma, eps)
+    x0_hat = x0 + 0.1 * randn((6, 4), g, dtype=torch.float64)
+    losses = []
+    for p in ("x0", "eps", "v"):
+        pred = convert_prediction(x0_hat, x_t, alpha, sigma, "x0", p)
+        target = convert_prediction(x0, x_t, alpha, sigma, "x0", p)
+        losses.append(loss_weight(alpha, sigma, p, "min_snr", 5.0) * (pred - target).pow(2).mean(1))
+    assert torch.allclose(losses[0], losses[1]) and torch.allclose(losses[0], losses[2])
+    snr = alpha**2 / sigma**2
+    assert torch.allclose(loss_weight(alpha, sigma, "eps", "min_snr", 5.0), snr.clamp(max=5) / snr)
+    with pytest.raises(ValueError, match="valid: uniform, snr, min_snr"):
+        loss_weight(alpha, sigma, "eps", "p2")
+
+
+def test_timestep_samplers_ranges() -> None:
+    d = DiscreteSchedule.from_name("linear")
+    t, w = UniformTimesteps(d).sample(10000, make_generator(0))
+    assert t.min() == 0 and t.max() == 999 and torch.equal(t, t.round()) and (w == 1).all()
+    assert abs(t.mean().item() - 499.5) < 10
+    c = VPSchedule()
+    t, _ = UniformTimesteps(c).sample(1000, make_generator(0))
+    assert t.min() >= c.t_min and t.max() <= c.t_max
+    t, _ = LogNormalTimesteps(VESchedule(0.002, 80.0)).sample(20000, make_generator(0))
+    log_sigma = VESchedule(0.002, 80.0).sigma(t).log()
+    assert abs(log_sigma.median().item() + 1.2) < 0.05  # EDM's P_mean
+
+
+def test_loss_aware_sampler_unbiased_and_lower_variance() -> None:
+    """Per-t losses that vary by orders of magnitude with t (as the diffusion loss does near t=0):
+    the importance-weighted estimate has the uniform expectation and a much lower variance."""
+    T = 50
+    sched = DiscreteSchedule.from_name("linear", num_steps=T)
+    scale = torch.exp(-torch.arange(T, dtype=torch.float64) / 4) * 100 + 0.1
+    g = make_generator(0)
+
+    def losses(t: torch.Tensor) -> torch.Tensor:  # noisy loss with mean scale[t]
+        return scale[t.long()] * (1 + 0.3 * randn(t.shape, g, dtype=torch.float64))
+
+    sampler = LossAwareTimesteps(sched, history=10)
+    while not sampler.warm:
+        t, _ = UniformTimesteps(sched).sample(256, g)
+        sampler.update(t, losses(t))
+    true_mean = scale.mean().item()
+    est_is, est_uni = [], []
+    for _ in range(400):
+        t, w = sampler.sample(16, g)
+        est_is.append((w * losses(t)).mean().item())
+        t, w = UniformTimesteps(sched).sample(16, g)
+        est_uni.append((w * losses(t)).mean().item())
+    est_is, est_uni = torch.tensor(est_is), torch.tensor(est_uni)
+    assert abs(est_is.mean().item() - true_mean) < 3 * est_is.std().item() / 20 + 1e-3
+    assert abs(est_uni.mean().item() - true_mean) < 3 * est_uni.std().item() / 20
+    assert est_is.var() < 0.25 * est_uni.var()
+    # the exact expectation: sum_t p(t) w(t) E[L_t] = mean_t E[L_t]
+    p = sampler.probs()
+    assert math.isclose(float((p * (1 / (T * p)) * scale).sum()), true_mean, rel_tol=1e-12)
+    state = sampler.state_dict()
+    other = LossAwareTimesteps(sched, history=10)
+    other.load_state_dict(state)
+    assert torch.equal(other.probs(), sampler.probs())
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_diffusion_loss_zero_for_oracle(prediction: str) -> None:
+    """A network that returns the exact target has zero loss; any rank; weights applied."""
+    sched = DiscreteSchedule.from_name("cosine")
+    x0 = randn((4, 2, 3, 3), make_generator(0))
+    noise = randn(x0.shape, make_generator(1))
+    t = torch.tensor([0.0, 10.0, 500.0, 999.0], dtype=torch.float64)
+    a, s = sched.alpha_sigma(t)
+
+    def oracle(x_t, t_in):
+        return convert_prediction(noise, x_t, a.float(), s.float(), "eps", prediction)
+
+    out = diffusion_loss(oracle, x0, sched, prediction=prediction, t=t, noise=noise, weighting="min_snr")
+    assert out.loss.shape == (4,) and out.loss.abs().max() < 1e-5
+    bad = diffusion_loss(
+        lambda x, t: torch.zeros_like(x), x0, sched, prediction=prediction, generator=make_generator(2)
+    )
+    assert (bad.loss > 0).all()
+    with pytest.raises(ValueError, match="network output shape"):
+        diffusion_loss(lambda x, t: x[:, :1], x0, sched)
+    with pytest.raises(ValueError, match="x0 contains NaN"):
+        diffusion_loss(oracle, torch.full_like(x0, float("nan")), sched)

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from shared_core import __version__
+from shared_core.cli import main
+
+
+def test_version_and_help(capsys) -> None:
+    try:
+        main(["--version"])
+    except SystemExit as e:
+        assert e.code == 0
+    assert __version__ in capsys.readouterr().out
+    assert main([]) == 0
+    assert "demo" in capsys.readouterr().out
+
+
+def test_demo_writes_plot_and_manifest(tmp_path: Path) -> None:
+    out = tmp_path / "demo.png"
+    assert main(["demo", "-o", str(out), "--steps", "10", "--num-samples", "500", "--seed", "3"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    manifest = json.loads((tmp_path / "demo.png.json").read_text())
+    assert manifest["seed"] == 3 and manifest["sampler"] == "dpmpp_2m" and manifest["steps"] == 10
+    assert manifest["version"] == __version__
+    assert manifest["sliced_w2"] < 0.1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.png", "demo.png.json"]  # no temp files left
+
+
+def test_demo_bad_input_one_line_exit_2(tmp_path: Path) -> None:
+    cases = [
+        ["demo", "-o", str(tmp_path / "x.jpg")],
+        ["demo", "-o", str(tmp_path / "missing" / "x.png")],
+        ["demo", "-o", str(tmp_path / "x.png"), "--sampler", "nope"],
+        ["demo", "-o", str(tmp_path / "x.png"), "--steps", "0"],
+    ]
+    for args in cases:
+        r = subprocess.run([sys.executable, "-m", "shared_core.cli", *args], capture_output=True, text=True)
+        assert r.returncode == 2, args
+        assert r.stderr.count("\n") == 1 and r.stderr.startswith("extradim: error:"), r.stderr
+        assert "Traceback" not in r.stderr
+    assert list(tmp_path.iterdir()) == []
