@@ -89,7 +89,12 @@ class NetworkDenoiser(nn.Module):
         v = None
         if self.learned_variance:
             out, v = out.chunk(2, dim=self.channel_dim)
-        x0 = convert_prediction(out, x_in, alpha.to(x.dtype), s_native.to(x.dtype), self.prediction, "x0")
+        if self.prediction == "eps":  # x0 = (x_in - s eps) / alpha = x - sigma eps: one fused op
+            x0 = torch.addcmul(x, append_dims(s_ve.to(x.dtype), x.ndim), out, value=-1)
+        elif self.prediction == "x0":
+            x0 = out
+        else:
+            x0 = convert_prediction(out, x_in, alpha.to(x.dtype), s_native.to(x.dtype), self.prediction, "x0")
         if self.clip_x0 is not None:
             x0 = x0.clamp(-self.clip_x0, self.clip_x0)
         if self.return_variance:

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from shared_core.diffusion import append_dims
 from shared_core.random import randn_like
 
 Callback = Callable[[dict[str, Any]], None]
 
 
-def check_inputs(x: Tensor, sigmas: Tensor) -> Tensor:
-    """Validate a sampler's inputs; returns sigmas as float64 on x's device.
+def check_inputs(x: Tensor, sigmas: Tensor) -> list[float]:
+    """Validate a sampler's inputs; returns sigmas as Python floats (scalar arithmetic on floats
+    costs nothing next to 0-dim tensor ops, which matters for a cheap denoiser).
 
     sigmas must be 1-D, finite, non-negative and strictly decreasing, with at least two entries
     (one step); x must be finite with a batch dimension.
@@ -36,14 +37,18 @@ def check_inputs(x: Tensor, sigmas: Tensor) -> Tensor:
         raise ValueError("sigmas must be non-negative")
     if not (sigmas[1:] < sigmas[:-1]).all():
         raise ValueError("sigmas must be strictly decreasing")
-    return sigmas.to(device=x.device, dtype=torch.float64)
+    return sigmas.double().tolist()
+
+
+def sigma_batch(x: Tensor, sigma: float) -> Tensor:
+    return torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device)
 
 
 def denoise(
-    denoiser: Callable[..., Any], x: Tensor, sigma: Tensor, extra_args: dict[str, Any] | None
+    denoiser: Callable[..., Any], x: Tensor, sigma: float, extra_args: dict[str, Any] | None
 ) -> Tensor:
     """Call the denoiser at a scalar level, check the result, return x0 (drops a learned variance)."""
-    out = denoiser(x, sigma.to(x.dtype).expand(x.shape[0]), **(extra_args or {}))
+    out = denoiser(x, sigma_batch(x, sigma), **(extra_args or {}))
     if isinstance(out, tuple):
         out = out[0]
     if out.shape != x.shape:
@@ -51,31 +56,29 @@ def denoise(
     return out
 
 
-def to_d(x: Tensor, sigma: Tensor, denoised: Tensor) -> Tensor:
+def to_d(x: Tensor, sigma: float, denoised: Tensor) -> Tensor:
     """The probability-flow ODE derivative dx/dsigma = (x - D(x, sigma)) / sigma (Karras eq. 3)."""
-    return (x - denoised) / append_dims(sigma.to(x.dtype), x.ndim)
+    return (x - denoised) / sigma
 
 
 def noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
     return randn_like(x, generator)
 
 
-def ancestral_step(sigma_from: Tensor, sigma_to: Tensor, eta: float = 1.0) -> tuple[Tensor, Tensor]:
+def ancestral_step(sigma_from: float, sigma_to: float, eta: float = 1.0) -> tuple[float, float]:
     """Split a step into a deterministic move to sigma_down and fresh noise sigma_up.
 
     sigma_up^2 = eta^2 sigma_to^2 (sigma_from^2 - sigma_to^2) / sigma_from^2 is DDIM's sigma_t(eta)
     (Song et al. 2021, eq. 16) written in VE coordinates; eta = 1 is DDPM's posterior variance.
     """
     if eta == 0 or sigma_to == 0:
-        return sigma_to, sigma_to.new_zeros(())
-    up = eta * (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2).sqrt()
-    up = torch.minimum(up, sigma_to)
-    down = (sigma_to**2 - up**2).sqrt()
-    return down, up
+        return sigma_to, 0.0
+    up = min(sigma_to, eta * math.sqrt(sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2))
+    return math.sqrt(sigma_to**2 - up**2), up
 
 
 def report(
-    callback: Callback | None, i: int, x: Tensor, sigma: Tensor, sigma_next: Tensor, denoised: Tensor
+    callback: Callback | None, i: int, x: Tensor, sigma: float, sigma_next: float, denoised: Tensor
 ) -> None:
     if callback is not None:
         callback({"i": i, "x": x, "sigma": sigma, "sigma_next": sigma_next, "denoised": denoised})

@@ -35,10 +35,9 @@ def sample_ddim(
         s, s_next = sigmas[i], sigmas[i + 1]
         x0 = denoise(denoiser, x, s, extra_args)
         down, up = ancestral_step(s, s_next, eta)
-        eps = (x - x0) / s.to(x.dtype)
-        x = x0 + down.to(x.dtype) * eps
+        x = torch.lerp(x0, x, down / s)  # x0 + sigma_down * eps_hat, eps_hat = (x - x0) / sigma
         if up > 0:
-            x = x + up.to(x.dtype) * noise_like(x, generator)
+            x = x.add_(noise_like(x, generator), alpha=up)
         report(callback, i, x, s, s_next, x0)
     return x
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from shared_core.denoiser import Denoiser
-from shared_core.samplers._common import Callback, check_inputs, noise_like, report
+from shared_core.samplers._common import Callback, check_inputs, noise_like, report, sigma_batch
 
 VARIANCES = ("fixed_small", "fixed_large", "learned_range", "learned")
 
@@ -48,7 +49,7 @@ def sample_ddpm(
     learned = variance.startswith("learned")
     for i in range(len(sigmas) - 1):
         s, s_next = sigmas[i], sigmas[i + 1]
-        out = denoiser(x, s.to(x.dtype).expand(x.shape[0]), **(extra_args or {}))
+        out = denoiser(x, sigma_batch(x, s), **(extra_args or {}))
         if learned != isinstance(out, tuple):
             raise ValueError(
                 f"variance={variance!r} needs a denoiser that returns (x0, v) exactly when learned"
@@ -59,20 +60,19 @@ def sample_ddpm(
         if s_next == 0:
             x = x0
         else:
-            ratio = s_next**2 / s**2
-            mean = x0 + ratio.to(x.dtype) * (x - x0)
+            mean = torch.lerp(x0, x, s_next**2 / s**2)
             small = s_next**2 * (s**2 - s_next**2) / s**2
-            large = (s**2 - s_next**2) * ((1 + s_next**2) / (1 + s**2) if variance_preserving else 1)
+            large = (s**2 - s_next**2) * ((1 + s_next**2) / (1 + s**2) if variance_preserving else 1.0)
+            noise = noise_like(x, generator)
             if variance == "fixed_small":
-                std = small.sqrt().to(x.dtype)
+                x = mean.add_(noise, alpha=math.sqrt(small))
             elif variance == "fixed_large":
-                std = large.sqrt().to(x.dtype)
+                x = mean.add_(noise, alpha=math.sqrt(large))
             elif variance == "learned_range":
                 frac = (v + 1) / 2
-                std = torch.exp(0.5 * (frac * large.log() + (1 - frac) * small.log()).to(x.dtype))
+                x = mean + torch.exp(0.5 * (frac * math.log(large) + (1 - frac) * math.log(small))) * noise
             else:
-                alpha_s2 = 1 / (1 + s_next**2) if variance_preserving else torch.ones_like(s_next)
-                std = torch.exp(0.5 * v) / alpha_s2.sqrt().to(x.dtype)
-            x = mean + std * noise_like(x, generator)
+                inv_alpha_s = math.sqrt(1 + s_next**2) if variance_preserving else 1.0
+                x = mean + torch.exp(0.5 * v) * inv_alpha_s * noise
         report(callback, i, x, s, s_next, x0)
     return x

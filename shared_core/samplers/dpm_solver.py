@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -39,14 +40,14 @@ def sample_dpmpp_2m(
         if s_next == 0:
             x = x0
         else:
-            h = s.log() - s_next.log()
+            h = math.log(s / s_next)
             first = old_x0 is None or (lower_order_final and i == n - 1 and n < 15)
             if first:
                 d = x0
             else:
                 r = h_last / h
-                d = (1 + 1 / (2 * r)).to(x.dtype) * x0 - (1 / (2 * r)).to(x.dtype) * old_x0
-            x = (s_next / s).to(x.dtype) * x - torch.expm1(-h).to(x.dtype) * d
+                d = torch.lerp(x0, old_x0, -1 / (2 * r))  # (1 + 1/2r) x0 - 1/2r x0_prev
+            x = (x * (s_next / s)).add_(d, alpha=-math.expm1(-h))
             h_last = h
         old_x0 = x0
         report(callback, i, x, s, s_next, x0)
@@ -77,15 +78,15 @@ def sample_dpmpp_2m_sde(
         if s_next == 0:
             x = x0
         else:
-            h = s.log() - s_next.log()
+            h = math.log(s / s_next)
             eta_h = eta * h
-            x = (s_next / s * torch.exp(-eta_h)).to(x.dtype) * x - torch.expm1(-h - eta_h).to(x.dtype) * x0
+            x = (x * (s_next / s * math.exp(-eta_h))).add_(x0, alpha=-math.expm1(-h - eta_h))
             if old_x0 is not None:
                 r = h_last / h
-                x = x - (0.5 * torch.expm1(-h - eta_h) / r).to(x.dtype) * (x0 - old_x0)
+                x = x.add_(x0 - old_x0, alpha=-0.5 * math.expm1(-h - eta_h) / r)
             if eta > 0:
-                std = s_next * (-torch.expm1(-2 * eta_h)).sqrt() * s_noise
-                x = x + std.to(x.dtype) * noise_like(x, generator)
+                std = s_next * math.sqrt(-math.expm1(-2 * eta_h)) * s_noise
+                x = x.add_(noise_like(x, generator), alpha=std)
             h_last = h
         old_x0 = x0
         report(callback, i, x, s, s_next, x0)

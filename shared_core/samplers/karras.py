@@ -13,15 +13,14 @@ from shared_core.samplers._common import Callback, check_inputs, denoise, noise_
 
 
 def _churn(
-    x: Tensor, s: Tensor, n: int, s_churn: float, s_tmin: float, s_tmax: float, s_noise: float, generator
-) -> tuple[Tensor, Tensor]:
+    x: Tensor, s: float, n: int, s_churn: float, s_tmin: float, s_tmax: float, s_noise: float, generator
+) -> tuple[Tensor, float]:
     """EDM Algorithm 2, lines 5-6: raise the noise level to s_hat = s (1 + gamma) by adding noise."""
-    gamma = min(s_churn / n, math.sqrt(2) - 1) if s_tmin <= float(s) <= s_tmax else 0.0
+    gamma = min(s_churn / n, math.sqrt(2) - 1) if s_tmin <= s <= s_tmax else 0.0
     if gamma == 0:
         return x, s
     s_hat = s * (1 + gamma)
-    x = x + ((s_hat**2 - s**2).sqrt() * s_noise).to(x.dtype) * noise_like(x, generator)
-    return x, s_hat
+    return x + math.sqrt(s_hat**2 - s**2) * s_noise * noise_like(x, generator), s_hat
 
 
 @torch.no_grad()
@@ -45,7 +44,7 @@ def sample_euler(
     for i in range(n):
         x, s = _churn(x, sigmas[i], n, s_churn, s_tmin, s_tmax, s_noise, generator)
         x0 = denoise(denoiser, x, s, extra_args)
-        x = x + to_d(x, s, x0) * (sigmas[i + 1] - s).to(x.dtype)
+        x = torch.lerp(x0, x, sigmas[i + 1] / s)  # = x + (x - x0) / s * (s_next - s)
         report(callback, i, x, s, sigmas[i + 1], x0)
     return x
 
@@ -73,7 +72,7 @@ def sample_heun(
         s_next = sigmas[i + 1]
         x0 = denoise(denoiser, x, s, extra_args)
         d = to_d(x, s, x0)
-        dt = (s_next - s).to(x.dtype)
+        dt = s_next - s
         x_euler = x + d * dt
         if s_next == 0:
             x = x_euler

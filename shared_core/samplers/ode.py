@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -32,19 +33,19 @@ def sample_ode(
     problem at every noise level instead of one that stiffens as sigma -> 0. A final 0 takes the
     denoised estimate there. ``callback`` is called per function evaluation (``i`` counts them)."""
     sigmas = check_inputs(x, sigmas)
-    positive = sigmas[sigmas > 0]
+    positive = [s for s in sigmas if s > 0]
     s_start, s_end = positive[0], positive[-1]
     nfe = [0]
 
     def f(u: Tensor, y: Tensor) -> Tensor:
-        s = u.exp()
+        s = math.exp(float(u))
         x0 = denoise(denoiser, y, s, extra_args)
         report(callback, nfe[0], y, s, s_end, x0)
         nfe[0] += 1
         return y - x0
 
     if s_end < s_start:
-        ts = torch.stack([s_start, s_end]).log().to(x.dtype)
+        ts = torch.tensor([math.log(s_start), math.log(s_end)], dtype=x.dtype, device=x.device)
         x = odeint(f, x, ts, rtol=rtol, atol=atol, method=method)[-1]
     if sigmas[-1] == 0:
         x = denoise(denoiser, x, s_end, extra_args)

@@ -6,6 +6,7 @@ in VE coordinates.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -19,7 +20,7 @@ PROCESSES = ("ve", "vp")
 
 def _score(denoiser: Denoiser, x: Tensor, s: Tensor, extra_args) -> tuple[Tensor, Tensor]:
     x0 = denoise(denoiser, x, s, extra_args)
-    return (x0 - x) / (s**2).to(x.dtype), x0
+    return (x0 - x) / s**2, x0
 
 
 def _predictor(
@@ -29,16 +30,16 @@ def _predictor(
     score, x0 = _score(denoiser, x, s, extra_args)
     if process == "ve":
         # dx = -d[sigma^2] score + sqrt(d[sigma^2]) dw, stepping sigma^2 down by s^2 - s_next^2
-        var = (s**2 - s_next**2).to(x.dtype)
-        return x + var * score + var.sqrt() * noise_like(x, generator), x0
+        var = s**2 - s_next**2
+        return x + var * score + math.sqrt(var) * noise_like(x, generator), x0
     # VP SDE in its own coordinates x_vp = alpha x: dx = [beta/2 x + beta score_vp] dt + sqrt(beta) dw
     # with beta dt = log(alpha_next^2 / alpha^2) over the step (exact in the continuous limit).
-    a, a_next = (1 + s**2).rsqrt(), (1 + s_next**2).rsqrt()
-    beta_dt = (2 * (a_next.log() - a.log())).to(x.dtype)
-    x_vp = x * a.to(x.dtype)
-    score_vp = score / a.to(x.dtype)  # grad wrt x_vp of log p
-    x_vp = x_vp + beta_dt * (0.5 * x_vp + score_vp) + beta_dt.sqrt() * noise_like(x, generator)
-    return x_vp / a_next.to(x.dtype), x0
+    a, a_next = (1 + s**2) ** -0.5, (1 + s_next**2) ** -0.5
+    beta_dt = 2 * math.log(a_next / a)
+    x_vp = x * a
+    score_vp = score / a  # grad wrt x_vp of log p
+    x_vp = x_vp + beta_dt * (0.5 * x_vp + score_vp) + math.sqrt(beta_dt) * noise_like(x, generator)
+    return x_vp / a_next, x0
 
 
 @torch.no_grad()
@@ -137,20 +138,20 @@ def sample_annealed_langevin(
     The default step_lr = 0.2 sigma_L^2 is NCSN's 2e-5 at its sigma_L = 0.01, carried to any grid.
     """
     sigmas = check_inputs(x, sigmas)
-    levels = sigmas[sigmas > 0]
+    levels = [s for s in sigmas if s > 0]
     last = levels[-1]
-    step_lr = 0.2 * float(last) ** 2 if step_lr is None else step_lr
+    step_lr = 0.2 * last**2 if step_lr is None else step_lr
     if steps_per_level < 1 or step_lr <= 0:
         raise ValueError("steps_per_level must be >= 1 and step_lr > 0")
     # a_i / sigma_i^2 = step_lr / sigma_L^2 at every level; past ~4 the chain diverges even on a Gaussian
-    if step_lr > 4 * float(last) ** 2:
+    if step_lr > 4 * last**2:
         raise ValueError(
-            f"step_lr {step_lr:g} is unstable for sigma_min {float(last):g}: need step_lr <= 4 sigma_min^2"
+            f"step_lr {step_lr:g} is unstable for sigma_min {last:g}: need step_lr <= 4 sigma_min^2"
         )
     for i, s in enumerate(levels):
-        a = (step_lr * s**2 / last**2).to(x.dtype)
+        a = step_lr * s**2 / last**2
         for _ in range(steps_per_level):
             score, x0 = _score(denoiser, x, s, extra_args)
-            x = x + a / 2 * score + a.sqrt() * noise_like(x, generator)
+            x = x + a / 2 * score + math.sqrt(a) * noise_like(x, generator)
         report(callback, i, x, s, levels[i + 1] if i + 1 < len(levels) else last, x0)
     return denoise(denoiser, x, last, extra_args) if final_denoise else x

@@ -31,11 +31,11 @@ def sdedit(
     then run the remaining steps of ``sigmas`` with ``sampler``."""
     if not 0.0 < strength <= 1.0:
         raise ValueError(f"strength must be in (0, 1], got {strength}")
-    sigmas = check_inputs(x_ref, sigmas)
-    n = len(sigmas) - 1
+    grid = check_inputs(x_ref, sigmas)
+    n = len(grid) - 1
     start = n - max(1, round(strength * n))
-    sub = sigmas[start:]
-    x = x_ref + sub[0].to(x_ref.dtype) * randn_like(x_ref, generator)
+    sub = torch.tensor(grid[start:], dtype=torch.float64)
+    x = x_ref + grid[start] * randn_like(x_ref, generator)
     return sampler(denoiser, x, sub, generator=generator, **kwargs)
 
 
@@ -54,11 +54,11 @@ def sample_until(
     Returns:
         (x at the stop level in VE coordinates, the denoiser's x0 estimate from it).
     """
-    sigmas = check_inputs(x, sigmas)
+    grid = check_inputs(x, sigmas)
     if not stop_sigma > 0:
         raise ValueError(f"stop_sigma must be > 0, got {stop_sigma}")
-    sub = sigmas[sigmas >= stop_sigma]
+    sub = [s for s in grid if s >= stop_sigma]
     if len(sub) >= 2:
-        x = sampler(denoiser, x, sub, extra_args=extra_args, **kwargs)
-    level = sub[-1] if len(sub) else sigmas[0]
+        x = sampler(denoiser, x, torch.tensor(sub, dtype=torch.float64), extra_args=extra_args, **kwargs)
+    level = sub[-1] if sub else grid[0]
     return x, denoise(denoiser, x, level, extra_args)
