@@ -76,9 +76,9 @@ class CFGDenoiser(nn.Module):
         return self._null_cache[key]
 
     def forward(self, x: Tensor, sigma: Tensor | float, **cond: Any) -> Tensor:
-        if self.w == 0.0:
-            return self.denoiser(x, sigma, **cond)
         sigma_b = as_sigma_batch(sigma, x).to(x.dtype)
+        if self.w == 0.0:
+            return self.denoiser(x, sigma_b, **cond)
         null = self._null(x.shape[0], x.device)
         if set(null) != {k for k, v in cond.items() if isinstance(v, Tensor)}:
             raise ValueError(f"null condition keys {sorted(null)} do not match condition keys {sorted(cond)}")

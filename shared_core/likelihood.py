@@ -112,13 +112,15 @@ def vb_term(
         model_logvar = append_dims(log_bt, ndim).to(x0)
     elif variance == "fixed_large":
         model_logvar = append_dims(log_beta, ndim).to(x0)
-    elif variance == "learned_range":
-        frac = (v + 1) / 2
-        model_logvar = frac * append_dims(log_beta, ndim).to(x0) + (1 - frac) * append_dims(log_bt, ndim).to(
-            x0
-        )
-    elif variance == "learned":
-        model_logvar = v
+    elif variance in ("learned_range", "learned"):
+        if v is None:
+            raise ValueError(f"variance={variance!r} needs the model's variance output v")
+        if variance == "learned":
+            model_logvar = v
+        else:
+            frac = (v + 1) / 2
+            lo, hi = append_dims(log_bt, ndim).to(x0), append_dims(log_beta, ndim).to(x0)
+            model_logvar = frac * hi + (1 - frac) * lo
     else:
         raise ValueError(f"unknown variance {variance!r}")
     model_logvar = model_logvar.expand_as(x0)
@@ -273,6 +275,7 @@ def ode_log_likelihood(
                     g = torch.autograd.grad(flat[:, i].sum(), y, retain_graph=i < dims - 1)[0]
                     div_d = div_d + g.reshape(batch, -1)[:, i]
             else:
+                assert probes is not None
                 div_d = torch.zeros(batch, dtype=y.dtype, device=y.device)
                 for k in range(probes.shape[0]):
                     g = torch.autograd.grad(x0, y, probes[k], retain_graph=k < probes.shape[0] - 1)[0]

@@ -59,19 +59,25 @@ class GaussianMixture:
         z = randn((n, self.dim), generator, dtype=torch.float64)
         return (self.means.double()[k] + torch.einsum("nij,nj->ni", chol[k], z)).float()
 
-    def _noisy(self, sigma: Tensor, dtype: torch.dtype) -> Tensor:
-        eye = torch.eye(self.dim, dtype=dtype)
-        return self.covs.to(dtype)[None] + (sigma.to(dtype) ** 2)[:, None, None, None] * eye
+    def _eig(self) -> tuple[Tensor, Tensor]:
+        # S_k = U_k diag(lam_k) U_k^T, so (S_k + s^2 I)^-1 and its log-determinant are diagonal in
+        # U_k's basis for every s: the denoiser is then matmuls, not a batched solve per sample.
+        lam, u = torch.linalg.eigh(self.covs.double())
+        return lam, u  # (K, D), (K, D, D)
+
+    def _project(self, x: Tensor, sigma: Tensor | float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(z, lam, u, noisy variances): x - mu_k in each component's eigenbasis, (B, K, D)."""
+        lam, u = self._eig()
+        x = x.double()
+        sig = torch.as_tensor(sigma, dtype=torch.float64).expand(x.shape[0])
+        z = torch.einsum("bkd,kde->bke", x[:, None, :] - self.means.double()[None], u)
+        return z, lam, u, lam[None] + sig[:, None, None] ** 2
 
     def component_log_probs(self, x: Tensor, sigma: Tensor | float = 0.0) -> Tensor:
         """log w_k N(x; mu_k, S_k + sigma^2 I), shape (B, K), float64."""
-        x = x.double()
-        sig = torch.as_tensor(sigma, dtype=torch.float64).expand(x.shape[0])
-        cov = self._noisy(sig, torch.float64)  # (B, K, D, D)
-        diff = x[:, None, :] - self.means.double()[None]  # (B, K, D)
-        sol = torch.linalg.solve(cov, diff.unsqueeze(-1)).squeeze(-1)
-        maha = (diff * sol).sum(-1)
-        logdet = torch.linalg.slogdet(cov).logabsdet
+        z, _, _, var = self._project(x, sigma)
+        maha = (z**2 / var).sum(-1)
+        logdet = var.log().sum(-1)
         return self.weights.double().log()[None] - 0.5 * (maha + logdet + self.dim * math.log(2 * math.pi))
 
     def log_prob(self, x: Tensor, sigma: Tensor | float = 0.0) -> Tensor:
@@ -80,13 +86,11 @@ class GaussianMixture:
 
     def denoiser(self, x: Tensor, sigma: Tensor, **_: Any) -> Tensor:
         """E[x0 | x0 + sigma eps = x], exact. x: (B, D), sigma: (B,)."""
-        xd = x.double()
-        sig = torch.as_tensor(sigma, dtype=torch.float64).expand(x.shape[0])
-        resp = torch.softmax(self.component_log_probs(xd, sig), dim=1)  # (B, K)
-        cov = self._noisy(sig, torch.float64)
-        diff = xd[:, None, :] - self.means.double()[None]
-        gain = torch.linalg.solve(cov, diff.unsqueeze(-1))  # (S + s^2 I)^-1 (x - mu)
-        post = self.means.double()[None] + (self.covs.double()[None] @ gain).squeeze(-1)
+        z, lam, u, var = self._project(x, sigma)
+        logp = self.weights.double().log()[None] - 0.5 * ((z**2 / var).sum(-1) + var.log().sum(-1))
+        resp = torch.softmax(logp, dim=1)  # (B, K)
+        # E[x0 | x, k] = mu_k + S_k (S_k + s^2 I)^-1 (x - mu_k) = mu_k + U diag(lam / var) z
+        post = self.means.double()[None] + torch.einsum("bke,kde->bkd", z * lam[None] / var, u)
         return (resp[..., None] * post).sum(1).to(x.dtype)
 
 

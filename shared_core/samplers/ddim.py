@@ -30,9 +30,9 @@ def sample_ddim(
     """
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
-    sigmas = check_inputs(x, sigmas)
-    for i in range(len(sigmas) - 1):
-        s, s_next = sigmas[i], sigmas[i + 1]
+    grid = check_inputs(x, sigmas)
+    for i in range(len(grid) - 1):
+        s, s_next = grid[i], grid[i + 1]
         x0 = denoise(denoiser, x, s, extra_args)
         down, up = ancestral_step(s, s_next, eta)
         x = torch.lerp(x0, x, down / s)  # x0 + sigma_down * eps_hat, eps_hat = (x - x0) / sigma

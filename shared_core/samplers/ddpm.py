@@ -45,10 +45,10 @@ def sample_ddpm(
     """
     if variance not in VARIANCES:
         raise ValueError(f"unknown variance {variance!r}; valid: {', '.join(VARIANCES)}")
-    sigmas = check_inputs(x, sigmas)
+    grid = check_inputs(x, sigmas)
     learned = variance.startswith("learned")
-    for i in range(len(sigmas) - 1):
-        s, s_next = sigmas[i], sigmas[i + 1]
+    for i in range(len(grid) - 1):
+        s, s_next = grid[i], grid[i + 1]
         out = denoiser(x, sigma_batch(x, s), **(extra_args or {}))
         if learned != isinstance(out, tuple):
             raise ValueError(
@@ -69,9 +69,11 @@ def sample_ddpm(
             elif variance == "fixed_large":
                 x = mean.add_(noise, alpha=math.sqrt(large))
             elif variance == "learned_range":
+                assert v is not None
                 frac = (v + 1) / 2
                 x = mean + torch.exp(0.5 * (frac * math.log(large) + (1 - frac) * math.log(small))) * noise
             else:
+                assert v is not None
                 inv_alpha_s = math.sqrt(1 + s_next**2) if variance_preserving else 1.0
                 x = mean + torch.exp(0.5 * v) * inv_alpha_s * noise
         report(callback, i, x, s, s_next, x0)

@@ -31,18 +31,19 @@ def sample_dpmpp_2m(
     ``lower_order_final`` the last step is also first order on grids shorter than 15 steps, which
     stabilises few-step sampling (diffusers' default, which we follow).
     """
-    sigmas = check_inputs(x, sigmas)
-    n = len(sigmas) - 1
-    old_x0, h_last = None, None
+    grid = check_inputs(x, sigmas)
+    n = len(grid) - 1
+    old_x0: Tensor | None = None
+    h_last = 0.0
     for i in range(n):
-        s, s_next = sigmas[i], sigmas[i + 1]
+        s, s_next = grid[i], grid[i + 1]
         x0 = denoise(denoiser, x, s, extra_args)
         if s_next == 0:
             x = x0
         else:
             h = math.log(s / s_next)
             first = old_x0 is None or (lower_order_final and i == n - 1 and n < 15)
-            if first:
+            if first or old_x0 is None:
                 d = x0
             else:
                 r = h_last / h
@@ -70,10 +71,11 @@ def sample_dpmpp_2m_sde(
     k-diffusion). Each step solves the linear part of the reverse SDE exactly:
     x_next = (sigma_next / sigma) e^{-eta h} x + (1 - e^{-(1+eta) h}) D + sigma_next sqrt(1 - e^{-2 eta h}) z,
     with the second-order correction 0.5 (1 - e^{-(1+eta) h}) (x0_i - x0_{i-1}) / r."""
-    sigmas = check_inputs(x, sigmas)
-    old_x0, h_last = None, None
-    for i in range(len(sigmas) - 1):
-        s, s_next = sigmas[i], sigmas[i + 1]
+    grid = check_inputs(x, sigmas)
+    old_x0: Tensor | None = None
+    h_last = 0.0
+    for i in range(len(grid) - 1):
+        s, s_next = grid[i], grid[i + 1]
         x0 = denoise(denoiser, x, s, extra_args)
         if s_next == 0:
             x = x0

@@ -39,13 +39,13 @@ def sample_euler(
 ) -> Tensor:
     """Euler on the probability-flow ODE (Karras et al. 2022, Algorithm 2 without the Heun
     correction); ``s_churn`` > 0 adds EDM's stochastic churn."""
-    sigmas = check_inputs(x, sigmas)
-    n = len(sigmas) - 1
+    grid = check_inputs(x, sigmas)
+    n = len(grid) - 1
     for i in range(n):
-        x, s = _churn(x, sigmas[i], n, s_churn, s_tmin, s_tmax, s_noise, generator)
+        x, s = _churn(x, grid[i], n, s_churn, s_tmin, s_tmax, s_noise, generator)
         x0 = denoise(denoiser, x, s, extra_args)
-        x = torch.lerp(x0, x, sigmas[i + 1] / s)  # = x + (x - x0) / s * (s_next - s)
-        report(callback, i, x, s, sigmas[i + 1], x0)
+        x = torch.lerp(x0, x, grid[i + 1] / s)  # = x + (x - x0) / s * (s_next - s)
+        report(callback, i, x, s, grid[i + 1], x0)
     return x
 
 
@@ -65,11 +65,11 @@ def sample_heun(
 ) -> Tensor:
     """Heun's 2nd-order method (Karras et al. 2022, Algorithm 2): an Euler step, then the average of
     the slopes at both ends; the last step to sigma = 0 stays Euler (line 9)."""
-    sigmas = check_inputs(x, sigmas)
-    n = len(sigmas) - 1
+    grid = check_inputs(x, sigmas)
+    n = len(grid) - 1
     for i in range(n):
-        x, s = _churn(x, sigmas[i], n, s_churn, s_tmin, s_tmax, s_noise, generator)
-        s_next = sigmas[i + 1]
+        x, s = _churn(x, grid[i], n, s_churn, s_tmin, s_tmax, s_noise, generator)
+        s_next = grid[i + 1]
         x0 = denoise(denoiser, x, s, extra_args)
         d = to_d(x, s, x0)
         dt = s_next - s

@@ -32,8 +32,8 @@ def sample_ode(
     u = log sigma, where dx/du = x - D(x, e^u): the step-size control then sees an equally hard
     problem at every noise level instead of one that stiffens as sigma -> 0. A final 0 takes the
     denoised estimate there. ``callback`` is called per function evaluation (``i`` counts them)."""
-    sigmas = check_inputs(x, sigmas)
-    positive = [s for s in sigmas if s > 0]
+    grid = check_inputs(x, sigmas)
+    positive = [s for s in grid if s > 0]
     s_start, s_end = positive[0], positive[-1]
     nfe = [0]
 
@@ -47,6 +47,6 @@ def sample_ode(
     if s_end < s_start:
         ts = torch.tensor([math.log(s_start), math.log(s_end)], dtype=x.dtype, device=x.device)
         x = odeint(f, x, ts, rtol=rtol, atol=atol, method=method)[-1]
-    if sigmas[-1] == 0:
+    if grid[-1] == 0:
         x = denoise(denoiser, x, s_end, extra_args)
     return x

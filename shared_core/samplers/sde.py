@@ -18,13 +18,13 @@ from shared_core.samplers._common import Callback, check_inputs, denoise, noise_
 PROCESSES = ("ve", "vp")
 
 
-def _score(denoiser: Denoiser, x: Tensor, s: Tensor, extra_args) -> tuple[Tensor, Tensor]:
+def _score(denoiser: Denoiser, x: Tensor, s: float, extra_args) -> tuple[Tensor, Tensor]:
     x0 = denoise(denoiser, x, s, extra_args)
     return (x0 - x) / s**2, x0
 
 
 def _predictor(
-    denoiser: Denoiser, x: Tensor, s: Tensor, s_next: Tensor, process: str, extra_args, generator
+    denoiser: Denoiser, x: Tensor, s: float, s_next: float, process: str, extra_args, generator
 ) -> tuple[Tensor, Tensor]:
     """One reverse-SDE Euler-Maruyama step from s to s_next > 0 (Song et al. 2021, eq. 6)."""
     score, x0 = _score(denoiser, x, s, extra_args)
@@ -60,9 +60,9 @@ def sample_euler_maruyama(
     """
     if process not in PROCESSES:
         raise ValueError(f"unknown process {process!r}; valid: {', '.join(PROCESSES)}")
-    sigmas = check_inputs(x, sigmas)
-    for i in range(len(sigmas) - 1):
-        s, s_next = sigmas[i], sigmas[i + 1]
+    grid = check_inputs(x, sigmas)
+    for i in range(len(grid) - 1):
+        s, s_next = grid[i], grid[i + 1]
         if s_next == 0:
             x0 = denoise(denoiser, x, s, extra_args)
             x = x0
@@ -72,7 +72,7 @@ def sample_euler_maruyama(
     return x
 
 
-def _langevin_step(denoiser: Denoiser, x: Tensor, s: Tensor, snr: float, extra_args, generator) -> Tensor:
+def _langevin_step(denoiser: Denoiser, x: Tensor, s: float, snr: float, extra_args, generator) -> Tensor:
     """Langevin corrector with the step set by a target signal-to-noise ratio (Song et al. 2021,
     Alg. 4). As in the authors' implementation the norms are averaged over the batch: per-sample
     norms make the step erratic in low dimensions, where they do not concentrate."""
@@ -103,9 +103,9 @@ def sample_pc(
         raise ValueError(f"unknown process {process!r}; valid: {', '.join(PROCESSES)}")
     if corrector_steps < 0 or snr <= 0:
         raise ValueError("corrector_steps must be >= 0 and snr > 0")
-    sigmas = check_inputs(x, sigmas)
-    for i in range(len(sigmas) - 1):
-        s, s_next = sigmas[i], sigmas[i + 1]
+    grid = check_inputs(x, sigmas)
+    for i in range(len(grid) - 1):
+        s, s_next = grid[i], grid[i + 1]
         for _ in range(corrector_steps):
             x = _langevin_step(denoiser, x, s, snr, extra_args, generator)
         if s_next == 0:
@@ -137,8 +137,8 @@ def sample_annealed_langevin(
     denoising step of Jolicoeur-Martineau et al. 2021. Trailing zeros in ``sigmas`` are ignored.
     The default step_lr = 0.2 sigma_L^2 is NCSN's 2e-5 at its sigma_L = 0.01, carried to any grid.
     """
-    sigmas = check_inputs(x, sigmas)
-    levels = [s for s in sigmas if s > 0]
+    grid = check_inputs(x, sigmas)
+    levels = [s for s in grid if s > 0]
     last = levels[-1]
     step_lr = 0.2 * last**2 if step_lr is None else step_lr
     if steps_per_level < 1 or step_lr <= 0:
