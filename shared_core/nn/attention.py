@@ -18,6 +18,7 @@ Asking for xformers where it cannot run is an error, never a silent fallback.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from collections.abc import Sequence
 from typing import Literal
@@ -33,8 +34,10 @@ AttentionBackend = Literal["auto", "sdpa", "xformers"]
 ATTENTION_BACKENDS: tuple[str, ...] = ("auto", "sdpa", "xformers")
 
 
+@functools.cache
 def _xformers_installed() -> bool:
-    # find_spec instead of an import: importing xformers is slow and may print warnings.
+    # find_spec instead of an import: importing xformers is slow and may print warnings. Cached, as
+    # "auto" asks on every CUDA forward.
     return importlib.util.find_spec("xformers") is not None
 
 
@@ -55,7 +58,9 @@ def _fold_patterns(rank: int, axes: Sequence[int]) -> tuple[str, str]:
 def _check_axes(grid_shape: Sequence[int], axes: Sequence[int]) -> None:
     rank = len(grid_shape)
     if not axes or len(set(axes)) != len(axes) or any(not 0 <= a < rank for a in axes):
-        raise ValueError(f"axes {tuple(axes)} must be distinct indices of a rank-{rank} grid {tuple(grid_shape)}")
+        raise ValueError(
+            f"axes {tuple(axes)} must be distinct indices of a rank-{rank} grid {tuple(grid_shape)}"
+        )
 
 
 def fold_axes(x: torch.Tensor, grid_shape: Sequence[int], axes: Sequence[int]) -> torch.Tensor:
@@ -171,19 +176,24 @@ class Attention(nn.Module):
                 raise ValueError("axis folding applies to self-attention only")
             return self._cross(x, context, context_mask)
         if context is not None:
-            raise ValueError("this is a self-attention layer; build it with context_dim to attend to a context")
-        if axes is not None and grid_shape is None:
-            raise ValueError("axes needs grid_shape")
-        # Attending over every axis of the grid is joint attention: skip the (identity) fold.
-        fold = axes is not None and tuple(sorted(axes)) != tuple(range(len(grid_shape)))
-        if fold:
-            x = fold_axes(x, grid_shape, axes)  # (B', N', D)
+            raise ValueError(
+                "this is a self-attention layer; build it with context_dim to attend to a context"
+            )
+        fold: tuple[Sequence[int], Sequence[int]] | None = None  # (grid_shape, axes) when folding
+        if axes is not None:
+            if grid_shape is None:
+                raise ValueError("axes needs grid_shape")
+            # Attending over every axis of the grid is joint attention: skip the (identity) fold.
+            if tuple(sorted(axes)) != tuple(range(len(grid_shape))):
+                fold = (grid_shape, axes)
+        if fold is not None:
+            x = fold_axes(x, *fold)  # (B', N', D)
         b, n, d = x.shape
         # unbind, not indexing: its backward is one stack instead of three zero-filled scatters.
         q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).unbind(2)  # 3 x (B', N', H, Dh)
         out = self._attend(q, k, v, None)  # (B', N', H, Dh)
         out = self.proj(out.reshape(b, n, d))  # (B', N', D)
-        return unfold_axes(out, grid_shape, axes) if fold else out
+        return out if fold is None else unfold_axes(out, *fold)  # (B, N, D)
 
     def _cross(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         b, n, d = x.shape
@@ -193,7 +203,9 @@ class Attention(nn.Module):
         empty = None
         if mask is not None:
             if mask.shape != (b, L) or mask.dtype != torch.bool:
-                raise ValueError(f"context_mask must be bool of shape {(b, L)}, got {mask.dtype} {tuple(mask.shape)}")
+                raise ValueError(
+                    f"context_mask must be bool of shape {(b, L)}, got {mask.dtype} {tuple(mask.shape)}"
+                )
             # A row with no valid key would softmax over nothing (NaN); let it see everything and zero
             # its output afterwards, which is what "no context" means for a residual branch.
             empty = ~mask.any(dim=1)  # (B,)

@@ -61,7 +61,9 @@ def dit_config_from_diffusers(config: Mapping[str, Any], cond_embed_per_block: b
     }
     for key, value in unsupported.items():
         if config.get(key, value) != value:
-            raise ValueError(f"cannot convert a DiTTransformer2DModel with {key}={config[key]!r} (need {value!r})")
+            raise ValueError(
+                f"cannot convert a DiTTransformer2DModel with {key}={config[key]!r} (need {value!r})"
+            )
     if config.get("dropout", 0.0):
         raise ValueError("cannot convert a DiTTransformer2DModel with dropout > 0")
     in_ch = config["in_channels"]
@@ -123,7 +125,9 @@ def from_diffusers_state_dict(
         for o, d in _EMBED_MAP.items():
             for s in ("weight", "bias"):
                 out[f"{ours}.{o}.{s}"] = sd[f"{theirs}.{d}.{s}"]
-        out[f"{ours}.y_embedder.embedding_table.weight"] = sd[f"{theirs}.class_embedder.embedding_table.weight"]
+        out[f"{ours}.y_embedder.embedding_table.weight"] = sd[
+            f"{theirs}.class_embedder.embedding_table.weight"
+        ]
 
     for i in range(depth):
         b, tb = f"blocks.{i}", f"transformer_blocks.{i}"
@@ -157,9 +161,13 @@ def to_diffusers_state_dict(
     if ps is None or len(ps) != 2 or ps[0] != ps[1]:
         raise ValueError(f"diffusers' DiT needs a 2-D grid with square patches, got patch_size={ps}")
     if not config.num_classes or config.context_dim or config.pooled_dim or config.attn_layout != "joint":
-        raise ValueError("diffusers' DiT is class-conditional with joint attention only (no context / pooled)")
+        raise ValueError(
+            "diffusers' DiT is class-conditional with joint attention only (no context / pooled)"
+        )
     if config.timestep_freq_shift != 1.0:
-        raise ValueError("diffusers' DiT uses timestep_freq_shift=1.0; this model would compute other features")
+        raise ValueError(
+            "diffusers' DiT uses timestep_freq_shift=1.0; this model would compute other features"
+        )
     if config.mlp_ratio != 4.0:
         raise ValueError("diffusers' DiT has mlp_ratio 4")
     sd, depth, p = state_dict, config.depth, ps[0]
@@ -175,7 +183,9 @@ def to_diffusers_state_dict(
         for o, d in _EMBED_MAP.items():
             for s in ("weight", "bias"):
                 out[f"{theirs}.{d}.{s}"] = sd[f"{ours}.{o}.{s}"]
-        out[f"{theirs}.class_embedder.embedding_table.weight"] = sd[f"{ours}.y_embedder.embedding_table.weight"]
+        out[f"{theirs}.class_embedder.embedding_table.weight"] = sd[
+            f"{ours}.y_embedder.embedding_table.weight"
+        ]
 
     for i in range(depth):
         b, tb = f"blocks.{i}", f"transformer_blocks.{i}"

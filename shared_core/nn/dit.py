@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .attention import ATTENTION_BACKENDS, Attention
+from .attention import ATTENTION_BACKENDS, Attention, AttentionBackend
 from .embeddings import LabelEmbedder, TimestepEmbedder, VectorEmbedder, sincos_pos_embed
 from .patchify import patchify, unpatchify
 
@@ -90,7 +90,7 @@ class DiTConfig:
     context_dim: int = 0
     attn_layout: str | tuple[AxisGroup, ...] = "joint"
     grid_axes: tuple[str, ...] | None = None
-    attn_backend: str = "auto"
+    attn_backend: AttentionBackend = "auto"
     timestep_freq_shift: float = 0.0
     mlp_norm_eps: float = 1e-6
     cond_embed_per_block: bool = False
@@ -105,16 +105,18 @@ class DiTConfig:
             object.__setattr__(self, "attn_layout", tuple(tuple(g) for g in self.attn_layout))
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
-        if self.patch_size is not None and (
-            not 1 <= len(self.patch_size) <= 3 or min(self.patch_size) < 1
-        ):
+        if self.patch_size is not None and (not 1 <= len(self.patch_size) <= 3 or min(self.patch_size) < 1):
             raise ValueError(f"patch_size must be 1..3 positive ints or None, got {self.patch_size}")
         if self.attn_backend not in ATTENTION_BACKENDS:
-            raise ValueError(f"unknown attn_backend {self.attn_backend!r}; valid: {', '.join(ATTENTION_BACKENDS)}")
+            raise ValueError(
+                f"unknown attn_backend {self.attn_backend!r}; valid: {', '.join(ATTENTION_BACKENDS)}"
+            )
         if self.grid_axes is not None and (
             len(self.grid_axes) != self.grid_rank or len(set(self.grid_axes)) != len(self.grid_axes)
         ):
-            raise ValueError(f"grid_axes {self.grid_axes} must name each of the {self.grid_rank} grid axes once")
+            raise ValueError(
+                f"grid_axes {self.grid_axes} must name each of the {self.grid_rank} grid axes once"
+            )
         self.block_axes()  # validates attn_layout
 
     @property
@@ -131,7 +133,9 @@ class DiTConfig:
         """Per block, the token-grid axes its self-attention runs over (`None` = joint)."""
         if isinstance(self.attn_layout, str):
             if self.attn_layout != "joint":
-                raise ValueError(f"attn_layout must be 'joint' or a sequence of axis groups, got {self.attn_layout!r}")
+                raise ValueError(
+                    f"attn_layout must be 'joint' or a sequence of axis groups, got {self.attn_layout!r}"
+                )
             return [None] * self.depth
         if self.grid_rank == 0:
             raise ValueError("a factorised attn_layout needs a grid input (patch_size), not a token set")
@@ -221,19 +225,19 @@ class DiTBlock(nn.Module):
         mlp_ratio: float = 4.0,
         axes: tuple[int, ...] | None = None,
         context_dim: int = 0,
-        attn_backend: str = "auto",
+        attn_backend: AttentionBackend = "auto",
         mlp_norm_eps: float = 1e-6,
     ) -> None:
         super().__init__()
         self.axes = axes
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(hidden_size, num_heads, backend=attn_backend)
+        # Cross-attention is not modulated (PixArt-alpha): a plain LayerNorm, zero-init output.
+        self.norm_cross: nn.LayerNorm | None = None
+        self.cross_attn: Attention | None = None
         if context_dim:
-            # Cross-attention is not modulated (PixArt-alpha): a plain LayerNorm, zero-init output.
             self.norm_cross = nn.LayerNorm(hidden_size, eps=1e-6)
             self.cross_attn = Attention(hidden_size, num_heads, context_dim=context_dim, backend=attn_backend)
-        else:
-            self.norm_cross = self.cross_attn = None
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=mlp_norm_eps)
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
@@ -251,7 +255,7 @@ class DiTBlock(nn.Module):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=-1)  # 6 x (B, 1, D)
         h = self.attn(modulate(self.norm1(x), shift_msa, scale_msa), grid_shape=grid_shape, axes=self.axes)
         x = torch.addcmul(x, gate_msa, h)  # x + gate * attn, (B, N, D)
-        if self.cross_attn is not None and context is not None:
+        if self.cross_attn is not None and self.norm_cross is not None and context is not None:
             x = x + self.cross_attn(self.norm_cross(x), context=context, context_mask=context_mask)
         h = self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))  # (B, N, D)
         return torch.addcmul(x, gate_mlp, h)
@@ -275,6 +279,15 @@ class FinalLayer(nn.Module):
 # ----------------------------------------------------------------------------------------------------
 #                                             The model
 # ----------------------------------------------------------------------------------------------------
+
+
+def _zero_(module: nn.Module) -> None:
+    for p in module.parameters():
+        nn.init.zeros_(p)
+
+
+def _normal_weight_(module: nn.Module, std: float) -> None:
+    nn.init.normal_(module.get_parameter("weight"), std=std)
 
 
 class DiT(nn.Module):
@@ -317,7 +330,8 @@ class DiT(nn.Module):
     def initialize_weights(self) -> None:
         """All init choices in one place (DiT Sec. 3.2 and its models.py)."""
 
-        # Transformer layers: xavier-uniform weights and zero biases, as in ViT/DiT.
+        # Transformer layers: xavier-uniform weights and zero biases, as in ViT/DiT. The patch
+        # embedding is DiT's conv initialised as a Linear, so this covers it too.
         def _basic_init(module: nn.Module) -> None:
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
@@ -325,34 +339,28 @@ class DiT(nn.Module):
                     nn.init.zeros_(module.bias)
 
         self.apply(_basic_init)
-        # The patch embedding is DiT's conv initialised like a Linear: xavier above already does that.
 
-        # Conditioning embedders: N(0, 0.02) as in DiT.
-        for embed in [self.cond_embed, *(self.block_cond_embeds or [])]:
-            nn.init.normal_(embed.t_embedder.mlp[0].weight, std=0.02)
-            nn.init.normal_(embed.t_embedder.mlp[2].weight, std=0.02)
-            if embed.y_embedder is not None:
-                nn.init.normal_(embed.y_embedder.embedding_table.weight, std=0.02)
-            if embed.pooled_embedder is not None:
-                nn.init.normal_(embed.pooled_embedder.mlp[0].weight, std=0.02)
-                nn.init.normal_(embed.pooled_embedder.mlp[2].weight, std=0.02)
+        for m in self.modules():
+            # Conditioning embedders: N(0, 0.02) as in DiT.
+            if isinstance(m, TimestepEmbedder | VectorEmbedder):
+                _normal_weight_(m.mlp[0], std=0.02)
+                _normal_weight_(m.mlp[2], std=0.02)
+            elif isinstance(m, LabelEmbedder):
+                nn.init.normal_(m.embedding_table.weight, std=0.02)
+            elif isinstance(m, DiTBlock):
+                # adaLN-Zero: zero shift/scale/gate, so every residual block starts as the identity.
+                _zero_(m.adaLN_modulation[-1])
+                # Zero cross-attention output: a new condition starts as a no-op too (PixArt-alpha).
+                if m.cross_attn is not None:
+                    _zero_(m.cross_attn.proj)
+            elif isinstance(m, FinalLayer):
+                # Zero output head: the untrained model predicts exactly 0 (DiT's final layer).
+                _zero_(m.adaLN_modulation[-1])
+                _zero_(m.linear)
 
-        for block in self.blocks:
-            # adaLN-Zero: zero shift/scale/gate, so every residual block starts as the identity.
-            nn.init.zeros_(block.adaLN_modulation[-1].weight)
-            nn.init.zeros_(block.adaLN_modulation[-1].bias)
-            # Zero cross-attention output: a new condition starts as a no-op too (PixArt-alpha).
-            if block.cross_attn is not None:
-                nn.init.zeros_(block.cross_attn.proj.weight)
-                nn.init.zeros_(block.cross_attn.proj.bias)
-
-        # Zero output head: the untrained model predicts exactly 0 (DiT's adaLN-Zero final layer).
-        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
-        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
-        nn.init.zeros_(self.final_layer.linear.weight)
-        nn.init.zeros_(self.final_layer.linear.bias)
-
-    def pos_embed(self, token_grid: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    def pos_embed(
+        self, token_grid: tuple[int, ...], device: torch.device, dtype: torch.dtype
+    ) -> torch.Tensor:
         """Fixed sin-cos positions `(1, N, D)` for a token grid."""
         key = (token_grid, device, dtype)
         if key not in self._pos_cache:
@@ -385,15 +393,15 @@ class DiT(nn.Module):
             Same shape as `x`, with `2C` channels when `learn_sigma` (channel axis 1 for grids, last
             axis for token sets).
         """
-        cfg = self.config
+        cfg, patch = self.config, self.config.patch_size
         self._check_inputs(x, y, context, pooled)
         B = x.shape[0]
         t = t.reshape(-1).expand(B) if t.numel() == 1 else t  # (B,)
-        if cfg.patch_size is not None:
-            tokens, token_grid = patchify(x, cfg.patch_size)  # (B, N, P*C), grid // patch
+        token_grid: tuple[int, ...] | None = None
+        if patch is not None:
+            tokens, token_grid = patchify(x, patch)  # (B, N, P*C), grid // patch
             h = self.x_embedder(tokens) + self.pos_embed(token_grid, x.device, x.dtype)  # (B, N, D)
         else:
-            token_grid = None
             h = self.x_embedder(x)  # (B, N, D); a set: no positions, so permutation-equivariant
 
         # One label-drop draw shared by all embedders (matters with cond_embed_per_block).
@@ -409,9 +417,9 @@ class DiT(nn.Module):
             h = block(h, c_i, token_grid, context, context_mask)  # (B, N, D)
         h = self.final_layer(h, c)  # (B, N, P*C_out)
 
-        if token_grid is None:
+        if patch is None or token_grid is None:
             return h  # (B, N, C_out)
-        return unpatchify(h, token_grid, cfg.patch_size, cfg.out_channels)  # (B, C_out, *grid)
+        return unpatchify(h, token_grid, patch, cfg.out_channels)  # (B, C_out, *grid)
 
     def _check_inputs(
         self,
@@ -421,11 +429,15 @@ class DiT(nn.Module):
         pooled: torch.Tensor | None,
     ) -> None:
         cfg = self.config
-        want = f"(B, {cfg.in_channels}, *grid) with a rank-{cfg.grid_rank} grid" if cfg.grid_rank else (
-            f"(B, N, {cfg.in_channels})"
-        )
-        channel_axis = 1 if cfg.grid_rank else -1
-        if x.ndim != (cfg.grid_rank + 2 if cfg.grid_rank else 3) or x.shape[channel_axis] != cfg.in_channels:
+        if cfg.grid_rank:
+            want, ndim, channels = (
+                f"(B, {cfg.in_channels}, *grid), grid rank {cfg.grid_rank}",
+                cfg.grid_rank + 2,
+                1,
+            )
+        else:
+            want, ndim, channels = f"(B, N, {cfg.in_channels})", 3, -1
+        if x.ndim != ndim or x.shape[channels] != cfg.in_channels:
             raise ValueError(f"x must be {want}, got {tuple(x.shape)}")
         if (y is None) != (cfg.num_classes == 0):
             raise ValueError(
@@ -448,7 +460,12 @@ _IMAGENET_256 = {"in_channels": 4, "num_classes": 1000, "learn_sigma": True}
 
 def _preset(depth: int, width: int, heads: int, patch: int, **defaults: Any) -> Callable[..., DiTConfig]:
     def make(**overrides: Any) -> DiTConfig:
-        base = {"depth": depth, "hidden_size": width, "num_heads": heads, "patch_size": (patch, patch)}
+        base: dict[str, Any] = {
+            "depth": depth,
+            "hidden_size": width,
+            "num_heads": heads,
+            "patch_size": (patch, patch),
+        }
         return DiTConfig(**(base | defaults | overrides))
 
     return make

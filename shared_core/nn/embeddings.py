@@ -78,7 +78,7 @@ class TimestepEmbedder(nn.Module):
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         """Args: t `(B,)` int or float timesteps. Returns: `(B, D)`."""
         freqs = timestep_embedding(t, self.frequency_size, freq_shift=self.freq_shift)
-        return self.mlp(freqs.to(self.mlp[0].weight.dtype))
+        return self.mlp(freqs.to(next(self.mlp.parameters()).dtype))
 
 
 class LabelEmbedder(nn.Module):
@@ -131,7 +131,9 @@ class VectorEmbedder(nn.Module):
 
     def __init__(self, in_dim: int, hidden_size: int) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
+        )
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
         """Args: v `(B, Dp)`. Returns `(B, D)`."""

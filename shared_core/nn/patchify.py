@@ -43,9 +43,7 @@ def patchify(x: torch.Tensor, patch_size: Sequence[int]) -> tuple[torch.Tensor, 
     if any(n % p for n, p in zip(grid, patch_size)):
         raise ValueError(f"grid {grid} is not divisible by patch_size {tuple(patch_size)}")
     g, p = _names(len(grid))
-    pattern = (
-        f"b c {' '.join(f'({gi} {pi})' for gi, pi in zip(g, p))} -> b ({' '.join(g)}) ({' '.join(p)} c)"
-    )
+    pattern = f"b c {' '.join(f'({gi} {pi})' for gi, pi in zip(g, p))} -> b ({' '.join(g)}) ({' '.join(p)} c)"
     tokens = rearrange(x, pattern, **dict(zip(p, patch_size)))
     return tokens, tuple(n // q for n, q in zip(grid, patch_size))
 
@@ -68,8 +66,6 @@ def unpatchify(
     if len(token_grid) != len(patch_size):
         raise ValueError(f"token_grid {tuple(token_grid)} and patch_size {tuple(patch_size)} differ in rank")
     g, p = _names(len(token_grid))
-    pattern = (
-        f"b ({' '.join(g)}) ({' '.join(p)} c) -> b c {' '.join(f'({gi} {pi})' for gi, pi in zip(g, p))}"
-    )
+    pattern = f"b ({' '.join(g)}) ({' '.join(p)} c) -> b c {' '.join(f'({gi} {pi})' for gi, pi in zip(g, p))}"
     sizes = dict(zip(g, token_grid)) | dict(zip(p, patch_size))
     return rearrange(tokens, pattern, c=channels, **sizes)
