@@ -24,6 +24,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -n 2
 
 test-slow: $(STAMP)
@@ -41,6 +42,8 @@ typecheck: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_samplers.py --out benchmarks/results/samplers.json
+	$(BIN)/python benchmarks/bench_dit.py --out benchmarks/results/dit.json
+	$(BIN)/python benchmarks/train_toy2d.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache .mypy_cache

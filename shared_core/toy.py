@@ -140,7 +140,12 @@ def run_demo(args: argparse.Namespace) -> int:
 
         raise ExtradimError(str(exc)) from None
     mix = ring_mixture()
-    sigmas = schedule.sigmas(args.steps, karras=args.karras)
+    if args.spacing == "karras":
+        sigmas = schedule.sigmas(args.steps, karras=True)
+    elif schedule.discrete:
+        sigmas = schedule.sigmas(args.steps, args.spacing)  # type: ignore[call-arg]
+    else:
+        sigmas = schedule.sigmas(args.steps)
     g = make_generator(args.seed)
     x = randn((args.num_samples, 2), g) * schedule.prior_std(sigmas[0]).float()
     t0 = time.perf_counter()
@@ -175,6 +180,7 @@ def run_demo(args: argparse.Namespace) -> int:
         sampler=args.sampler,
         steps=args.steps,
         schedule=args.schedule,
+        spacing=args.spacing,
         checkpoint=None,
         checkpoint_sha256=None,
         num_samples=args.num_samples,
@@ -193,7 +199,13 @@ def register_cli(sub: Any) -> None:
     p.add_argument("--sampler", default="dpmpp_2m")
     p.add_argument("--schedule", default="linear")
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--karras", action="store_true", help="Karras sigma spacing (discrete schedules)")
+    p.add_argument(
+        "--spacing",
+        default="karras",
+        choices=("karras", "trailing", "leading", "linspace"),
+        help="noise-level grid: Karras et al. (default; dense at low noise, where the mixture's fine "
+        "structure is resolved) or a timestep spacing of a discrete schedule",
+    )
     p.add_argument("--num-samples", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run_demo)

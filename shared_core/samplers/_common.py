@@ -56,11 +56,6 @@ def denoise(
     return out
 
 
-def to_d(x: Tensor, sigma: float, denoised: Tensor) -> Tensor:
-    """The probability-flow ODE derivative dx/dsigma = (x - D(x, sigma)) / sigma (Karras eq. 3)."""
-    return (x - denoised) / sigma
-
-
 def noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
     return randn_like(x, generator)
 

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from shared_core.denoiser import Denoiser
-from shared_core.samplers._common import Callback, check_inputs, denoise, noise_like, report, to_d
+from shared_core.samplers._common import Callback, check_inputs, denoise, noise_like, report
 
 
 def _churn(
@@ -71,13 +71,14 @@ def sample_heun(
         x, s = _churn(x, grid[i], n, s_churn, s_tmin, s_tmax, s_noise, generator)
         s_next = grid[i + 1]
         x0 = denoise(denoiser, x, s, extra_args)
-        d = to_d(x, s, x0)
-        dt = s_next - s
-        x_euler = x + d * dt
+        x_euler = torch.lerp(x0, x, s_next / s)  # x + d dt, d = (x - x0) / s
         if s_next == 0:
             x = x_euler
         else:
-            d_next = to_d(x_euler, s_next, denoise(denoiser, x_euler, s_next, extra_args))
-            x = x + (d + d_next) / 2 * dt
+            # x + (d + d') dt / 2 with d' = (x_euler - x0') / s_next, rearranged as
+            # (x + x_euler + c (x_euler - x0')) / 2, c = dt / s_next: three fused tensor ops
+            x0_next = denoise(denoiser, x_euler, s_next, extra_args)
+            c = 0.5 * (s_next - s) / s_next
+            x = (x_euler * (0.5 + c)).add_(x, alpha=0.5).add_(x0_next, alpha=-c)
         report(callback, i, x, s, s_next, x0)
     return x
