@@ -21,10 +21,10 @@ def test_version_and_help(capsys) -> None:
 
 def test_demo_writes_plot_and_manifest(tmp_path: Path) -> None:
     out = tmp_path / "demo.png"
-    assert main(["demo", "-o", str(out), "--steps", "10", "--num-samples", "500", "--seed", "3"]) == 0
+    assert main(["demo", "-o", str(out), "--steps", "20", "--num-samples", "500", "--seed", "3"]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     manifest = json.loads((tmp_path / "demo.png.json").read_text())
-    assert manifest["seed"] == 3 and manifest["sampler"] == "dpmpp_2m" and manifest["steps"] == 10
+    assert manifest["seed"] == 3 and manifest["sampler"] == "dpmpp_2m" and manifest["steps"] == 20
     assert manifest["version"] == __version__
     assert manifest["sliced_w2"] < 0.1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.png", "demo.png.json"]  # no temp files left
