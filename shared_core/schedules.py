@@ -24,6 +24,7 @@ from torch import Tensor
 
 __all__ = [
     "BETA_SCHEDULES",
+    "SCHEDULE_NAMES",
     "SPACINGS",
     "DiscreteSchedule",
     "Schedule",
@@ -409,7 +410,7 @@ class VESchedule:
 
 Schedule = DiscreteSchedule | VPSchedule | VESchedule
 
-_NAMED = ("linear", "scaled_linear", "cosine", "sigmoid", "vp_linear", "vp_cosine", "ve")
+SCHEDULE_NAMES = (*BETA_SCHEDULES, "vp_linear", "vp_cosine", "ve")
 
 
 def get_schedule(name: str, **kwargs: object) -> Schedule:
@@ -422,4 +423,4 @@ def get_schedule(name: str, **kwargs: object) -> Schedule:
         return VPSchedule(kind=name[3:], **kwargs)  # type: ignore[arg-type]
     if name == "ve":
         return VESchedule(**kwargs)  # type: ignore[arg-type]
-    raise ValueError(f"unknown schedule {name!r}; valid: {', '.join(_NAMED)}")
+    raise ValueError(f"unknown schedule {name!r}; valid: {', '.join(SCHEDULE_NAMES)}")

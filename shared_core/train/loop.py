@@ -45,7 +45,7 @@ from shared_core.diffusion import (
 from shared_core.errors import CheckpointError, ConfigError, ExtradimError
 from shared_core.io import atomic_path
 from shared_core.random import make_generator, rand, randn
-from shared_core.schedules import BETA_SCHEDULES, Schedule, get_schedule
+from shared_core.schedules import SCHEDULE_NAMES, Schedule, get_schedule
 from shared_core.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -400,7 +400,7 @@ def build_schedule(cfg: DiffusionConfig) -> Schedule:
     try:
         return get_schedule(cfg.schedule, **cfg.schedule_args)
     except (TypeError, ValueError) as exc:
-        valid = ", ".join((*BETA_SCHEDULES, "vp_linear", "vp_cosine", "ve"))
+        valid = ", ".join(SCHEDULE_NAMES)
         raise ConfigError(
             f"diffusion.schedule {cfg.schedule!r} / schedule_args: {exc} (schedules: {valid})"
         ) from None
