@@ -4,6 +4,10 @@ Subcommands come from two places: the core's own (below) and the `extradim.comma
 group, through which `video`, `threed` and the extension packages in `packages/` add theirs. The
 core never imports a modality: it only calls the `register(subparsers)` function an entry point
 names. A broken extension is reported loudly, never swallowed.
+
+`extradim eval TARGET` works the same way one level down: each entry point of the
+`extradim.evals` group names a `register(eval_subparsers)` that adds one evaluation target
+(e.g. `extradim eval video`). `extradim eval` alone prints the list.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ Register = Callable[[argparse._SubParsersAction], None]
 def _core_commands() -> list[tuple[str, Register]]:
     from shared_core import toy
 
-    commands: list[tuple[str, Register]] = [("demo", toy.register_cli)]
+    commands: list[tuple[str, Register]] = [("demo", toy.register_cli), ("eval", _register_eval)]
     try:
         from shared_core.train import cli as train_cli
     except ImportError:  # the engine module is optional while it is being built
@@ -31,14 +35,36 @@ def _core_commands() -> list[tuple[str, Register]]:
     return commands
 
 
-def _plugin_commands() -> list[tuple[str, Register]]:
+def _load_group(group: str, what: str) -> list[tuple[str, Register]]:
     found = []
-    for ep in sorted(entry_points(group="extradim.commands"), key=lambda e: e.name):
+    for ep in sorted(entry_points(group=group), key=lambda e: e.name):
         try:
             found.append((ep.name, ep.load()))
         except Exception as exc:  # an extension that fails to import must say so, not vanish
-            raise ExtradimError(f"extension command {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
+            raise ExtradimError(f"extension {what} {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
     return found
+
+
+def _plugin_commands() -> list[tuple[str, Register]]:
+    return _load_group("extradim.commands", "command")
+
+
+def _plugin_evals() -> list[tuple[str, Register]]:
+    return _load_group("extradim.evals", "eval")
+
+
+def _register_eval(sub: argparse._SubParsersAction) -> None:
+    """`extradim eval TARGET ...`: one sub-subcommand per `extradim.evals` entry point."""
+    p = sub.add_parser("eval", help="evaluate a trained model (targets come from the extradim.evals group)")
+    targets = p.add_subparsers(dest="eval_target", metavar="TARGET")
+    for _, register in _plugin_evals():
+        register(targets)
+
+    def no_target(_: argparse.Namespace) -> int:
+        p.print_help()
+        return 0
+
+    p.set_defaults(func=no_target)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from shared_core import __version__
 from shared_core.cli import main
 
@@ -43,3 +45,13 @@ def test_demo_bad_input_one_line_exit_2(tmp_path: Path) -> None:
         assert r.stderr.count("\n") == 1 and r.stderr.startswith("extradim: error:"), r.stderr
         assert "Traceback" not in r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_eval_help_lists_targets(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["eval", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: extradim eval" in out and "TARGET" in out
+    assert main(["eval"]) == 0  # no target: the same help, exit 0
+    assert "usage: extradim eval" in capsys.readouterr().out
