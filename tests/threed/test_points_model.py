@@ -1,0 +1,138 @@
+"""The points modality (base + upsampler) and its pipeline at toy size."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from shared_core.config import from_dict
+from shared_core.errors import CheckpointError, ExtradimError
+from shared_core.text import EmbeddingBank, TextEncoder
+from threed.modality import PointsConfig, PointsDataset, PointsModality, PointsModel, all_captions
+from threed.pipeline import PointsPipeline, save_points_checkpoint
+from threed.world import parse_caption
+
+pytest.importorskip("transformers")
+
+TINY = {
+    "diffusion": {"schedule": "cosine", "prediction": "x0"},
+    "data": {"num_points": 32, "coarse_points": 16, "max_text_length": 16},
+    "model": {"hidden_size": 32, "depth": 1, "num_heads": 2},
+    "sample": {"steps": 2},
+}
+
+
+def _cfg(stage: str) -> PointsConfig:
+    return from_dict(PointsConfig, {**TINY, "model": {**TINY["model"], "stage": stage}})
+
+
+@pytest.fixture(scope="module")
+def encoder() -> TextEncoder:
+    return TextEncoder.load("minilm", max_length=16)
+
+
+def _randomise(model: PointsModel) -> PointsModel:
+    """adaLN-Zero starts at output 0 whatever the input: give the zero weights values."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.normal_(0, 0.05)
+    return model
+
+
+@pytest.fixture(scope="module")
+def pipeline(encoder: TextEncoder) -> PointsPipeline:
+    base, up = _cfg("base"), _cfg("upsampler")
+    return PointsPipeline(_randomise(PointsModel(base)), base, _randomise(PointsModel(up)), up, encoder)
+
+
+def test_all_captions_parse_back() -> None:
+    caps = all_captions()
+    assert len(caps) == len(set(caps)) > 70 * 9
+    assert all(parse_caption(c) is not None for c in caps)
+
+
+def test_models_are_permutation_equivariant() -> None:
+    torch.manual_seed(0)
+    for stage in ("base", "upsampler"):
+        model = _randomise(PointsModel(_cfg(stage))).eval()
+        x, t, perm = torch.randn(2, 32, 6), torch.tensor([10.0, 500.0]), torch.randperm(32)
+        cond = (
+            {"context": torch.randn(2, 16, 384), "context_mask": torch.ones(2, 16, dtype=torch.bool),
+             "pooled": torch.randn(2, 384)}
+            if stage == "base" else {"coarse": torch.randn(2, 16, 6)}
+        )  # fmt: skip
+        torch.testing.assert_close(model(x[:, perm], t, **cond), model(x, t, **cond)[:, perm])
+    with pytest.raises(ValueError, match="coarse"):
+        PointsModel(_cfg("upsampler"))(torch.randn(1, 4, 6), torch.zeros(1))
+
+
+def test_datasets_are_deterministic_and_shaped(encoder: TextEncoder) -> None:
+    base_cfg = _cfg("base")
+    bank = EmbeddingBank(encoder, all_captions()[:0] + ["a red sphere"])  # tiny bank; index lookups below
+    ds = PointsDataset(base_cfg, bank)
+    caption = ds.world.sample_ids([0]).captions[0]
+    bank = EmbeddingBank(encoder, [caption])
+    item = PointsDataset(base_cfg, bank)[0]
+    assert item["x"].shape == (32, 6) and item["context"].shape == (16, 384)
+    up = PointsDataset(_cfg("upsampler"), None)
+    a, b = up[3], up[3]
+    assert a["x"].shape == (32, 6) and a["coarse"].shape == (16, 6)
+    assert torch.equal(a["x"], b["x"]) and torch.equal(a["coarse"], b["coarse"])
+    # The coarse cloud is jittered in xyz only; the colours are the shape's.
+    assert torch.equal(a["coarse"][:, 3:], a["x"][:16, 3:])
+
+
+def test_generate_shapes_determinism_and_batch_independence(pipeline: PointsPipeline) -> None:
+    prompts = ["a red torus", "a blue mug", "a white table"]
+    a = pipeline.generate(prompts, seed=1, num_points=48, batch_size=3)
+    b = pipeline.generate(prompts, seed=1, num_points=48, batch_size=1)
+    assert a.shape == (3, 48, 6)
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    assert not torch.allclose(a, pipeline.generate(prompts, seed=2, num_points=48))
+    assert pipeline.generate(prompts[:1], seed=1, num_points=32).shape == (1, 32, 6)  # base only
+
+
+@pytest.mark.parametrize("n", [8, 9000])
+def test_num_points_out_of_range(pipeline: PointsPipeline, n: int) -> None:
+    with pytest.raises(ExtradimError, match="num-points"):
+        pipeline.generate(["a red torus"], num_points=n)
+
+
+def test_checkpoint_round_trip_and_errors(
+    pipeline: PointsPipeline, encoder: TextEncoder, tmp_path: Path
+) -> None:
+    b = save_points_checkpoint(pipeline.base, pipeline.base_cfg, tmp_path / "base.safetensors")
+    assert pipeline.upsampler is not None and pipeline.up_cfg is not None
+    u = save_points_checkpoint(pipeline.upsampler, pipeline.up_cfg, tmp_path / "up.safetensors")
+    again = PointsPipeline.load(b, u)
+    again.text = encoder
+    torch.testing.assert_close(
+        again.generate(["a cone"], seed=0, num_points=40),
+        pipeline.generate(["a cone"], seed=0, num_points=40),
+    )
+    with pytest.raises(ExtradimError, match="base-stage"):
+        PointsPipeline.load(u, b)
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 20)
+    (tmp_path / "bad.yaml").write_text(b.with_suffix(".yaml").read_text())
+    with pytest.raises(CheckpointError, match="corrupt"):
+        PointsPipeline.load(tmp_path / "bad.safetensors", u)
+
+
+def test_train_points_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from shared_core.cli import main
+
+    cfg = tmp_path / "up.yaml"
+    cfg.write_text(
+        "train: {steps: 2, batch_size: 2, log: {every: 1, progress: false}}\n"
+        "diffusion: {schedule: cosine, prediction: x0, cond_drop_prob: 0.0}\n"
+        "data: {num_points: 24, coarse_points: 8}\n"
+        "model: {stage: upsampler, hidden_size: 32, depth: 1, num_heads: 2}\n"
+    )
+    assert main(["train", "points", "--config", str(cfg), "--out", str(tmp_path / "run")]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 2
+    assert PointsModality().build_model(from_dict(PointsConfig, {})).stage == "base"

@@ -1,0 +1,236 @@
+"""The ``points`` modality: Point-E-style text-to-point-cloud diffusion on the shape world.
+
+    extradim train points --config configs/threed/points_base.yaml       # text -> 512 points
+    extradim train points --config configs/threed/points_upsampler.yaml  # 512 -> +1536 points
+
+Two stages, as in Point-E (Nichol et al. 2022), both on the shared DiT as a token-set model (one
+token per point, xyz + rgb, no position embedding, so the model is permutation-equivariant):
+
+- ``base``: text-conditioned (cross-attention to the text encoder's token states, the pooled text
+  vector added to the timestep embedding), classifier-free guidance by dropping the text.
+- ``upsampler``: generates the extra points of the full cloud conditioned on the coarse cloud,
+  which enters as cross-attention context through a small point-wise MLP. Training jitters the
+  coarse cloud slightly, so the upsampler tolerates the base model's imperfect output.
+
+Captions come from an embedding bank of every caption the world can produce (6048), computed once.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from shared_core.nn.dit import DiT, DiTConfig
+from shared_core.random import make_generator, randn
+from shared_core.samplers import SAMPLERS
+from shared_core.text import DEFAULT_ENCODER, EmbeddingBank, TextEncoder
+from shared_core.train.distributed import DistInfo, derive_seed
+from shared_core.train.loop import DiffusionObjective, Objective, RunConfig
+from shared_core.train.modality import Modality
+from threed.world import COLOURS, SHAPES, ShapeWorld, paraphrases
+
+__all__ = [
+    "PointsConfig",
+    "PointsDataConfig",
+    "PointsDataset",
+    "PointsModality",
+    "PointsModel",
+    "PointsModelConfig",
+    "PointsSampleConfig",
+    "all_captions",
+    "text_null_condition",
+]
+
+
+@dataclass(frozen=True)
+class PointsDataConfig:
+    num_points: int = 512  # points the stage generates (base: the coarse cloud; upsampler: the extra ones)
+    coarse_points: int = 512  # upsampler: points of the conditioning cloud
+    coarse_jitter: float = 0.01  # upsampler: std of the Gaussian jitter on the training coarse cloud
+    seed: int = 0
+    text_encoder: str = DEFAULT_ENCODER
+    max_text_length: int = 16
+
+    def __post_init__(self) -> None:
+        if self.num_points < 1 or self.coarse_points < 1 or self.coarse_jitter < 0:
+            raise ValueError("num_points and coarse_points must be >= 1 and coarse_jitter >= 0")
+
+
+@dataclass(frozen=True)
+class PointsModelConfig:
+    stage: Literal["base", "upsampler"] = "base"
+    hidden_size: int = 128
+    depth: int = 6
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    text_dim: int = 384  # width of the text encoder's token states (base only)
+
+    def __post_init__(self) -> None:
+        if self.stage not in ("base", "upsampler"):
+            raise ValueError(f"stage must be 'base' or 'upsampler', got {self.stage!r}")
+
+
+@dataclass(frozen=True)
+class PointsSampleConfig:
+    sampler: str = "dpmpp_2m"
+    steps: int = 25
+    guidance: float = 3.0  # CFG scale s = 1 + w (base only; the upsampler is unguided)
+    spacing: Literal["trailing", "leading", "linspace", "karras"] = "karras"
+    batch_size: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; valid: {', '.join(sorted(SAMPLERS))}")
+        if self.steps < 1 or self.guidance < 0 or self.batch_size < 1:
+            raise ValueError("need steps >= 1, guidance >= 0 and batch_size >= 1")
+
+
+@dataclass(frozen=True)
+class PointsConfig(RunConfig):
+    data: PointsDataConfig = field(default_factory=PointsDataConfig)
+    model: PointsModelConfig = field(default_factory=PointsModelConfig)
+    sample: PointsSampleConfig = field(default_factory=PointsSampleConfig)
+
+
+class PointsModel(nn.Module):
+    """A token-set DiT over points ``(B, N, 6)``; see the module docstring for the two stages.
+
+    ``forward(x, t, context=, context_mask=, pooled=)`` (base) or ``forward(x, t, coarse=)`` with
+    ``coarse (B, M, 6)`` (upsampler).
+    """
+
+    def __init__(self, cfg: PointsConfig) -> None:
+        super().__init__()
+        m = cfg.model
+        self.stage = m.stage
+        base = m.stage == "base"
+        self.coarse_embed = (
+            None
+            if base
+            else nn.Sequential(
+                nn.Linear(6, m.hidden_size), nn.SiLU(), nn.Linear(m.hidden_size, m.hidden_size)
+            )
+        )
+        self.dit = DiT(
+            DiTConfig(
+                in_channels=6,
+                patch_size=None,
+                hidden_size=m.hidden_size,
+                depth=m.depth,
+                num_heads=m.num_heads,
+                mlp_ratio=m.mlp_ratio,
+                context_dim=m.text_dim if base else m.hidden_size,
+                pooled_dim=m.text_dim if base else 0,
+            )
+        )
+
+    def forward(
+        self,
+        x: Tensor,
+        t: Tensor,
+        context: Tensor | None = None,
+        context_mask: Tensor | None = None,
+        pooled: Tensor | None = None,
+        coarse: Tensor | None = None,
+    ) -> Tensor:
+        if self.coarse_embed is not None:
+            if coarse is None:
+                raise ValueError("the upsampler needs the coarse cloud (coarse=)")
+            return self.dit(x, t, context=self.coarse_embed(coarse))
+        return self.dit(x, t, context=context, context_mask=context_mask, pooled=pooled)
+
+
+def text_null_condition(batch: int, length: int, dim: int) -> dict[str, Tensor]:
+    """Classifier-free guidance's unconditional input: no text tokens, a zero pooled vector."""
+    return {
+        "context": torch.zeros(batch, length, dim),
+        "context_mask": torch.zeros(batch, length, dtype=torch.bool),
+        "pooled": torch.zeros(batch, dim),
+    }
+
+
+def all_captions() -> list[str]:
+    """Every caption of the shape world (all colours x shapes x templates x synonyms)."""
+    return sorted({p for c in COLOURS for s in SHAPES for p in paraphrases(c, s)})
+
+
+class PointsDataset:
+    """Item ``i`` is a pure function of ``(seed, i)``.
+
+    Base: ``{"x": (N, 6), "context", "context_mask", "pooled"}``; upsampler: ``{"x": (N, 6) the
+    extra points, "coarse": (M, 6) the jittered conditioning cloud}`` (both i.i.d. samples of the
+    same surface).
+    """
+
+    def __init__(self, cfg: PointsConfig, bank: EmbeddingBank | None) -> None:
+        d = cfg.data
+        self.cfg, self.bank, self.base = cfg, bank, cfg.model.stage == "base"
+        total = d.num_points if self.base else d.num_points + d.coarse_points
+        self.world = ShapeWorld(num_points=total, seed=d.seed)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        batch = self.world.sample_ids([index])
+        points = batch.points[0]
+        if self.base:
+            assert self.bank is not None
+            return {"x": points, **self.bank.row(self.bank.index[batch.captions[0]])}
+        m = self.cfg.data.coarse_points
+        jitter = randn((m, 3), make_generator(derive_seed(self.cfg.data.seed, 13, index)))
+        coarse = points[:m].clone()
+        coarse[:, :3] += self.cfg.data.coarse_jitter * jitter
+        return {"x": points[m:], "coarse": coarse}
+
+
+def _log(msg: str) -> None:
+    print(f"[points] {msg}", flush=True)
+
+
+class PointsModality(Modality):
+    """Text-to-point-cloud diffusion (base or upsampler stage, chosen by ``model.stage``)."""
+
+    name = "points"
+    config_cls = PointsConfig
+
+    def __init__(self) -> None:
+        self._encoder: TextEncoder | None = None
+
+    def text_encoder(self, cfg: PointsConfig) -> TextEncoder:
+        if self._encoder is None:
+            self._encoder = TextEncoder.load(cfg.data.text_encoder, max_length=cfg.data.max_text_length)
+            if self._encoder.dim != cfg.model.text_dim:
+                raise ValueError(
+                    f"model.text_dim={cfg.model.text_dim} but the text encoder gives {self._encoder.dim}"
+                )
+        return self._encoder
+
+    def build_model(self, cfg: PointsConfig) -> PointsModel:
+        return PointsModel(cfg)
+
+    def build_dataset(self, cfg: PointsConfig) -> PointsDataset:
+        if cfg.model.stage == "upsampler":
+            return PointsDataset(cfg, None)
+        start = time.perf_counter()
+        bank = EmbeddingBank(self.text_encoder(cfg), all_captions())
+        _log(f"caption bank: {len(bank)} captions in {time.perf_counter() - start:.0f} s")
+        return PointsDataset(cfg, bank)
+
+    def build_objective(self, cfg: PointsConfig, model: nn.Module) -> Objective:
+        if cfg.model.stage == "upsampler":
+            return DiffusionObjective.from_config(cfg.diffusion, cond_keys=("coarse",))
+        null = {
+            k: v[0] for k, v in text_null_condition(1, cfg.data.max_text_length, cfg.model.text_dim).items()
+        }
+        return DiffusionObjective.from_config(
+            cfg.diffusion, cond_keys=("context", "context_mask", "pooled"), null_cond=null
+        )
+
+    def evaluate(
+        self, model: nn.Module, cfg: Any, *, out_dir: Path | None = None, dist_info: DistInfo | None = None
+    ) -> dict[str, Any] | None:
+        return None  # stage-wise evaluation needs both stages: `extradim eval points`

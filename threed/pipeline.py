@@ -1,0 +1,179 @@
+"""Text-to-point-cloud generation: the base model's coarse cloud, then the upsampler's extra points.
+
+    pipe = PointsPipeline.load()                   # the shipped weights (checkpoints/threed/)
+    clouds = pipe.generate(["a red torus"], seed=0, num_points=2048)   # (1, 2048, 6)
+
+Clouds are ``(B, N, 6)``: xyz (normalised: centred, max radius about 1) and rgb in [-1, 1]. Prompt
+``i``'s noise comes from its own CPU generators ``(seed, i)``, so a cloud does not depend on the batch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from shared_core.denoiser import NetworkDenoiser
+from shared_core.errors import ExtradimError
+from shared_core.guidance import CFGDenoiser
+from shared_core.io import file_sha256
+from shared_core.pretrained import load_pretrained, save_pretrained
+from shared_core.random import make_generator, randn
+from shared_core.samplers import SAMPLERS, get_sampler
+from shared_core.schedules import Schedule
+from shared_core.text import TextEncoder
+from shared_core.train.distributed import derive_seed
+from shared_core.train.loop import build_schedule
+from threed.modality import PointsConfig, PointsModel, text_null_condition
+
+__all__ = ["DEFAULT_BASE", "DEFAULT_UPSAMPLER", "MAX_POINTS", "PointsPipeline", "save_points_checkpoint"]
+
+_CKPT = Path(__file__).resolve().parent.parent / "checkpoints" / "threed"
+DEFAULT_BASE = _CKPT / "points_base.safetensors"
+DEFAULT_UPSAMPLER = _CKPT / "points_upsampler.safetensors"
+MAX_POINTS = 8192
+
+
+def save_points_checkpoint(model: PointsModel, cfg: PointsConfig, path: str | os.PathLike[str]) -> Path:
+    return save_pretrained(model, cfg, path, kind=f"points-{cfg.model.stage}")
+
+
+def _sigmas(schedule: Schedule, steps: int, spacing: str) -> Tensor:
+    if spacing == "karras":
+        return schedule.sigmas(steps, karras=True)
+    if not schedule.discrete:
+        return schedule.sigmas(steps)
+    return schedule.sigmas(steps, spacing=spacing)  # type: ignore[call-arg]
+
+
+class PointsPipeline:
+    """The base and upsampler models with the text encoder and their sampling defaults."""
+
+    def __init__(
+        self,
+        base: PointsModel,
+        base_cfg: PointsConfig,
+        upsampler: PointsModel | None,
+        up_cfg: PointsConfig | None,
+        text_encoder: TextEncoder,
+        *,
+        checkpoints: tuple[Path | None, Path | None] = (None, None),
+    ) -> None:
+        if base.stage != "base" or (upsampler is not None and upsampler.stage != "upsampler"):
+            raise ExtradimError("PointsPipeline needs a base-stage and an upsampler-stage checkpoint")
+        self.base, self.base_cfg = base.eval(), base_cfg
+        self.upsampler, self.up_cfg = (upsampler.eval() if upsampler else None), up_cfg
+        self.text = text_encoder
+        self.checkpoints = checkpoints
+        self.checkpoint_sha256 = [file_sha256(p) if p else "" for p in checkpoints]
+        self.coarse_points = base_cfg.data.num_points
+
+    @classmethod
+    def load(
+        cls,
+        base: str | os.PathLike[str] | None = None,
+        upsampler: str | os.PathLike[str] | None = None,
+        *,
+        text_encoder: str | None = None,
+    ) -> PointsPipeline:
+        """Load both stages (defaults: the shipped files). Bad files raise a one-line ``CheckpointError``."""
+        b_model, b_cfg, b_path = load_pretrained(base or DEFAULT_BASE, PointsConfig, PointsModel)
+        u_model, u_cfg, u_path = load_pretrained(upsampler or DEFAULT_UPSAMPLER, PointsConfig, PointsModel)
+        enc = TextEncoder.load(text_encoder or b_cfg.data.text_encoder, max_length=b_cfg.data.max_text_length)
+        if enc.dim != b_cfg.model.text_dim:
+            raise ExtradimError(f"text encoder width {enc.dim} != the model's {b_cfg.model.text_dim}")
+        return cls(b_model, b_cfg, u_model, u_cfg, enc, checkpoints=(b_path, u_path))
+
+    def settings(
+        self, steps: int | None = None, guidance: float | None = None, sampler: str | None = None
+    ) -> dict[str, Any]:
+        s = self.base_cfg.sample
+        out = {
+            "sampler": sampler or s.sampler,
+            "steps": s.steps if steps is None else steps,
+            "guidance": s.guidance if guidance is None else guidance,
+            "spacing": s.spacing,
+            "upsampler_steps": self.up_cfg.sample.steps if self.up_cfg else 0,
+        }
+        if out["sampler"] not in SAMPLERS:
+            raise ExtradimError(f"unknown sampler {out['sampler']!r}; valid: {', '.join(sorted(SAMPLERS))}")
+        if not 1 <= out["steps"] <= 1000:
+            raise ExtradimError(f"steps must be in 1..1000, got {out['steps']}")
+        if not 0 <= out["guidance"] <= 50:
+            raise ExtradimError(f"guidance must be in 0..50, got {out['guidance']}")
+        return out
+
+    def check_num_points(self, num_points: int) -> int:
+        low = self.coarse_points
+        high = MAX_POINTS if self.upsampler is not None else low
+        if not low <= num_points <= high:
+            raise ExtradimError(f"num-points must be in {low}..{high}, got {num_points}")
+        return num_points
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        seed: int = 0,
+        num_points: int = 2048,
+        steps: int | None = None,
+        guidance: float | None = None,
+        sampler: str | None = None,
+        batch_size: int = 32,
+        callback: Callable[[int], None] | None = None,
+        first_index: int = 0,
+    ) -> Tensor:
+        """Clouds ``(len(prompts), num_points, 6)``. ``callback(n)`` after each step of n clouds."""
+        st = self.settings(steps, guidance, sampler)
+        self.check_num_points(num_points)
+        L = self.base_cfg.data.max_text_length
+        emb = self.text.encode(prompts, pad_to=L)
+        out = []
+        for start in range(0, len(prompts), batch_size):
+            idx = range(start, min(start + batch_size, len(prompts)))
+            ids = [first_index + i for i in idx]
+            cond = {
+                "context": emb.tokens[idx.start : idx.stop],
+                "context_mask": emb.mask[idx.start : idx.stop],
+                "pooled": emb.pooled[idx.start : idx.stop],
+            }
+            coarse = self._base(cond, ids, seed, st, callback)
+            if num_points > self.coarse_points:
+                fine = self._upsample(coarse, num_points - self.coarse_points, ids, seed, callback)
+                coarse = torch.cat([coarse, fine], dim=1)
+            out.append(coarse)
+        return torch.cat(out).clamp(-1.5, 1.5)
+
+    def _base(
+        self, cond: dict[str, Tensor], ids: list[int], seed: int, st: dict[str, Any], callback: Any
+    ) -> Tensor:
+        cfg = self.base_cfg
+        schedule = build_schedule(cfg.diffusion)
+        sigmas = _sigmas(schedule, st["steps"], st["spacing"])
+        L, D = cond["context"].shape[1:]
+        den = NetworkDenoiser(self.base, schedule, cfg.diffusion.prediction)
+        guided = CFGDenoiser.from_scale(den, st["guidance"], lambda b: text_null_condition(b, L, D))
+        shape = (cfg.data.num_points, 6)
+        x = torch.stack([randn(shape, make_generator(derive_seed(seed, i))) for i in ids])
+        x = x * float(schedule.prior_std(sigmas[0]))
+        cb = (lambda _info: callback(len(ids))) if callback else None
+        g = make_generator(derive_seed(seed, 1, ids[0]))
+        return get_sampler(st["sampler"])(guided, x, sigmas, extra_args=cond, callback=cb, generator=g)
+
+    def _upsample(self, coarse: Tensor, n: int, ids: list[int], seed: int, callback: Any) -> Tensor:
+        assert self.upsampler is not None and self.up_cfg is not None
+        cfg = self.up_cfg
+        schedule = build_schedule(cfg.diffusion)
+        sigmas = _sigmas(schedule, cfg.sample.steps, cfg.sample.spacing)
+        den = NetworkDenoiser(self.upsampler, schedule, cfg.diffusion.prediction)
+        x = torch.stack([randn((n, 6), make_generator(derive_seed(seed, 2, i))) for i in ids])
+        x = x * float(schedule.prior_std(sigmas[0]))
+        cb = (lambda _info: callback(len(ids))) if callback else None
+        g = make_generator(derive_seed(seed, 3, ids[0]))
+        sample = get_sampler(cfg.sample.sampler)
+        return sample(den, x, sigmas, extra_args={"coarse": coarse}, callback=cb, generator=g)
