@@ -1,5 +1,12 @@
 """User-facing errors. The CLI turns an `ExtradimError` into one line on stderr and exit code 2."""
 
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class ExtradimError(Exception):
     """An error caused by the user's input (a bad path, config, checkpoint or argument)."""
@@ -11,3 +18,19 @@ class ConfigError(ExtradimError, ValueError):
 
 class CheckpointError(ExtradimError):
     """A missing, corrupt or mismatched checkpoint."""
+
+
+@contextmanager
+def clean_warnings(printed: set[str]) -> Iterator[None]:
+    """Turn UserWarnings (e.g. a truncated prompt) into one ``extradim: warning: ...`` line each on
+    stderr (each message once per ``printed`` set); other warnings pass through unchanged."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        yield
+    for w in caught:
+        msg = str(w.message).splitlines()[0]
+        if issubclass(w.category, UserWarning) and msg not in printed:
+            printed.add(msg)
+            print(f"extradim: warning: {msg}", file=sys.stderr)
+        elif not issubclass(w.category, UserWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)

@@ -21,15 +21,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import sys
 import time
-import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from shared_core.errors import ExtradimError
+from shared_core.errors import ExtradimError, clean_warnings
 from shared_core.text import check_prompt
 from video.export import check_output, write_clips
 
@@ -55,21 +52,6 @@ def output_paths(output: Path, count: int, batch: bool) -> list[Path]:
         return [output]
     width = max(3, len(str(count - 1)))
     return [output.with_name(f"{output.stem}_{i:0{width}d}{output.suffix}") for i in range(count)]
-
-
-@contextmanager
-def _clean_warnings(printed: set[str]) -> Iterator[None]:
-    """Turn UserWarnings (e.g. a truncated prompt) into one ``extradim: warning: ...`` line each."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UserWarning)
-        yield
-    for w in caught:
-        msg = str(w.message).splitlines()[0]
-        if issubclass(w.category, UserWarning) and msg not in printed:
-            printed.add(msg)
-            print(f"extradim: warning: {msg}", file=sys.stderr)
-        elif not issubclass(w.category, UserWarning):
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def run_video(args: argparse.Namespace) -> int:
@@ -108,7 +90,7 @@ def _run_video(args: argparse.Namespace) -> int:
     pipe = VideoPipeline.load(args.checkpoint)
     st = pipe.settings(args.steps, args.sampler, args.guidance)
     printed: set[str] = set()
-    with _clean_warnings(printed):  # encode once up front: warnings come before the progress bar
+    with clean_warnings(printed):  # encode once up front: warnings come before the progress bar
         pipe.text.encode(prompts, pad_to=pipe.cfg.data.max_text_length)
 
     # 3. Generate batch by batch, writing each batch's clips as soon as they exist.
@@ -133,7 +115,7 @@ def _run_video(args: argparse.Namespace) -> int:
         for start in range(0, len(prompts), args.batch_size):
             chunk = prompts[start : start + args.batch_size]
             t0 = time.perf_counter()
-            with _clean_warnings(printed):
+            with clean_warnings(printed):
                 clips = pipe.generate(
                     chunk, seed=args.seed, batch_size=args.batch_size, callback=update, first_index=start,
                     **{k: st[k] for k in ("steps", "sampler", "guidance")},

@@ -1,5 +1,5 @@
-"""Clip features for distribution metrics: a small 3-D-conv classifier of the Shapes world, and the
-Fréchet distance and KID computed on its features.
+"""Clip features for distribution metrics: a small 3-D-conv classifier of the Shapes world whose
+features feed the Fréchet distance and KID of ``shared_core.metrics``.
 
 The classifier (``FeatureNet``, 88k parameters) is trained on real clips of all 126 combinations
 to predict (colour, shape, motion); its pooled 64-d activations are the features, as Inception's
@@ -10,8 +10,8 @@ metadata, and ``build_feature_net`` rebuilds them.
 
     net = load_feature_net()                      # cached, or trained and cached on first use
     f = extract_features(net, clips)              # (B, 64)
-    frechet_distance_from_features(f_gen, f_real)
-    kernel_inception_distance(f_gen, f_real)
+    shared_core.metrics.frechet_distance(f_gen, f_real)
+    shared_core.metrics.kernel_inception_distance(f_gen, f_real)
 
 Both metrics are biased by the sample size (the Fréchet distance strongly), so a value means
 something only next to the same metric between two disjoint real sets of the same size.
@@ -26,7 +26,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
@@ -43,9 +42,6 @@ __all__ = [
     "FeatureNetConfig",
     "build_feature_net",
     "extract_features",
-    "frechet_distance",
-    "frechet_distance_from_features",
-    "kernel_inception_distance",
     "load_feature_net",
     "train_feature_net",
 ]
@@ -228,87 +224,3 @@ def extract_features(net: FeatureNet, clips: Tensor, batch_size: int = 64) -> Te
         x = x.float() / 127.5 - 1 if x.dtype == torch.uint8 else x.float().clamp(-1, 1)
         out.append(net.features(x).double())
     return torch.cat(out)
-
-
-# ----------------------------------------------------------------------------------------------
-# Metrics
-# ----------------------------------------------------------------------------------------------
-
-
-def _psd_sqrt(a: np.ndarray) -> np.ndarray:
-    """Symmetric square root of a symmetric PSD matrix via eigh (negative round-off clipped)."""
-    w, v = np.linalg.eigh((a + a.T) / 2)
-    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-
-
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """Fréchet (2-Wasserstein) distance between N(mu1, sigma1) and N(mu2, sigma2), squared.
-
-    ``|mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1^1/2 S2 S1^1/2)^1/2)``. The inner matrix is
-    symmetric PSD, so both square roots come from ``eigh`` with negative round-off clipped: no
-    complex parts and no ill-conditioned ``sqrtm(S1 S2)`` (whose product is not symmetric).
-
-    Args:
-        mu1, mu2: (D,) means.
-        sigma1, sigma2: (D, D) covariances.
-    """
-    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
-    s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
-    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
-        raise ValueError(f"shape mismatch: mu {mu1.shape} {mu2.shape}, sigma {s1.shape} {s2.shape}")
-    r1 = _psd_sqrt(s1)
-    inner = r1 @ s2 @ r1
-    w = np.linalg.eigvalsh((inner + inner.T) / 2)
-    tr_covmean = float(np.sqrt(np.clip(w, 0, None)).sum())
-    d = float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
-    return max(d, 0.0)
-
-
-def _stats(f: Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    x = np.asarray(f, np.float64)
-    if x.ndim != 2 or x.shape[0] < 2:
-        raise ValueError(f"features must be (N >= 2, D), got {x.shape}")
-    return x.mean(0), np.cov(x, rowvar=False).reshape(x.shape[1], x.shape[1])
-
-
-def frechet_distance_from_features(f1: Tensor | np.ndarray, f2: Tensor | np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets (N1, D) and (N2, D)."""
-    return frechet_distance(*_stats(f1), *_stats(f2))
-
-
-def kernel_inception_distance(
-    f1: Tensor | np.ndarray,
-    f2: Tensor | np.ndarray,
-    subsets: int = 10,
-    subset_size: int = 1000,
-    seed: int = 0,
-) -> float:
-    """KID: the unbiased MMD^2 estimate with the cubic kernel ``k(x, y) = (x.y / D + 1)^3``.
-
-    Bińkowski et al. 2018. Averaged over ``subsets`` random subsets of ``subset_size`` rows per
-    set; when both sets have at most ``subset_size`` rows, the whole sets are used once.
-
-    Args:
-        f1: (N1, D) features, N1 >= 2.
-        f2: (N2, D) features, N2 >= 2.
-    """
-    x, y = np.asarray(f1, np.float64), np.asarray(f2, np.float64)
-    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1] or min(len(x), len(y)) < 2:
-        raise ValueError(f"need (N >= 2, D) features of equal D, got {x.shape} and {y.shape}")
-    d = x.shape[1]
-    m = min(len(x), len(y), subset_size)
-    rng = np.random.default_rng(seed)
-    whole = len(x) <= subset_size and len(y) <= subset_size
-    values = []
-    for _ in range(1 if whole else subsets):
-        a = x if whole else x[rng.choice(len(x), m, replace=False)]
-        b = y if whole else y[rng.choice(len(y), m, replace=False)]
-        kxx, kyy, kxy = ((a @ a.T / d + 1) ** 3, (b @ b.T / d + 1) ** 3, (a @ b.T / d + 1) ** 3)
-        n1, n2 = len(a), len(b)
-        mmd = (
-            (kxx.sum() - np.trace(kxx)) / (n1 * (n1 - 1))
-            + (kyy.sum() - np.trace(kyy)) / (n2 * (n2 - 1))
-            - 2 * kxy.mean()
-        )
-        values.append(mmd)
-    return float(np.mean(values))

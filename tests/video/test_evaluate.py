@@ -1,5 +1,5 @@
-"""Evaluation: Fréchet distance and KID against references and closed forms, temporal metrics, the
-feature network's cache, and `extradim eval video` on a tiny random checkpoint."""
+"""Evaluation: temporal metrics, the feature network's cache, and `extradim eval video` on a tiny
+random checkpoint (Fréchet distance and KID: tests/core/test_metrics.py)."""
 
 from __future__ import annotations
 
@@ -13,86 +13,8 @@ import torch
 
 from shared_core.errors import CheckpointError
 from video.evaluate import checker_report, evaluate_pipeline, temporal_metrics
-from video.features import (
-    frechet_distance,
-    frechet_distance_from_features,
-    kernel_inception_distance,
-    load_feature_net,
-)
+from video.features import load_feature_net
 from video.world import ShapesWorld
-
-# ----------------------------------------------------------------------------------------------
-# Metrics
-# ----------------------------------------------------------------------------------------------
-
-
-def test_frechet_matches_scipy_sqrtm_reference() -> None:
-    from scipy import linalg
-
-    rng = np.random.default_rng(0)
-    a = rng.normal(size=(200, 8)) @ rng.normal(size=(8, 8))
-    b = rng.normal(size=(150, 8)) @ rng.normal(size=(8, 8)) + 0.5
-    mu1, mu2 = a.mean(0), b.mean(0)
-    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    ref = ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(linalg.sqrtm(s1 @ s2).real)
-    assert frechet_distance_from_features(a, b) == pytest.approx(ref, rel=1e-8)
-    assert frechet_distance_from_features(torch.from_numpy(a), torch.from_numpy(b)) == pytest.approx(
-        ref, rel=1e-8
-    )
-
-
-def test_frechet_closed_forms() -> None:
-    rng = np.random.default_rng(1)
-    d = 6
-    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
-    # Diagonal covariances: |mu1 - mu2|^2 + sum (sqrt(a) - sqrt(b))^2.
-    va, vb = rng.uniform(0.1, 3, d), rng.uniform(0.1, 3, d)
-    expect = ((mu1 - mu2) ** 2).sum() + ((np.sqrt(va) - np.sqrt(vb)) ** 2).sum()
-    assert frechet_distance(mu1, np.diag(va), mu2, np.diag(vb)) == pytest.approx(expect, rel=1e-10)
-    # S1 = I and S2 = Q diag(l) Q^T (non-diagonal): d + tr(S2) - 2 tr(S2^1/2).
-    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
-    lam = rng.uniform(0.2, 4, d)
-    s2 = (q * lam) @ q.T
-    expect = ((mu1 - mu2) ** 2).sum() + d + lam.sum() - 2 * np.sqrt(lam).sum()
-    assert frechet_distance(mu1, np.eye(d), mu2, s2) == pytest.approx(expect, rel=1e-10)
-    # Symmetric in its arguments, zero for identical Gaussians.
-    assert frechet_distance(mu2, s2, mu1, np.eye(d)) == pytest.approx(expect, rel=1e-10)
-    assert frechet_distance(mu1, s2, mu1, s2) == pytest.approx(0, abs=1e-10)
-
-
-def test_frechet_is_stable_for_rank_deficient_covariances() -> None:
-    rng = np.random.default_rng(2)
-    a, b = rng.normal(size=(5, 32)), rng.normal(size=(5, 32))  # 5 samples in 32-d: rank 4
-    fd = frechet_distance_from_features(a, b)
-    assert np.isfinite(fd) and fd > 0
-    with pytest.raises(ValueError, match="N >= 2"):
-        frechet_distance_from_features(a[:1], b)
-
-
-def _kid_reference(x: np.ndarray, y: np.ndarray) -> float:
-    """The unbiased MMD^2 with k(a, b) = (a.b / d + 1)^3, written out with loops."""
-    d = x.shape[1]
-
-    def k(a: np.ndarray, b: np.ndarray) -> float:
-        return float((a @ b / d + 1) ** 3)
-
-    m, n = len(x), len(y)
-    kxx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
-    kyy = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
-    kxy = sum(k(x[i], y[j]) for i in range(m) for j in range(n)) / (m * n)
-    return kxx + kyy - 2 * kxy
-
-
-def test_kid_matches_reference_and_is_unbiased() -> None:
-    rng = np.random.default_rng(3)
-    x, y = rng.normal(size=(20, 5)), rng.normal(size=(15, 5)) + 0.3
-    assert kernel_inception_distance(x, y) == pytest.approx(_kid_reference(x, y), rel=1e-10)
-    # Subsets: each is the same estimator on random rows, so the mean over many equal-size subsets
-    # of one distribution averages to about zero (unbiased), while a shift stays clearly positive.
-    a, b = rng.normal(size=(400, 4)), rng.normal(size=(400, 4))
-    same = kernel_inception_distance(a, b, subsets=50, subset_size=100)
-    shifted = kernel_inception_distance(a, b + 0.5, subsets=50, subset_size=100)
-    assert abs(same) < 0.02 and shifted > 0.2
 
 
 def test_temporal_metrics_real_clips_are_steady() -> None:
