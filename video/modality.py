@@ -289,8 +289,17 @@ class VideoModality(Modality):
             t = torch.randint(0, clips.shape[2], (n,), generator=g)
             return clips[torch.arange(n), :, t]
 
+        from tqdm.auto import tqdm
+
         start = time.perf_counter()
-        stats = train_autoencoder(model.ae, cfg.autoencoder, frames)
+        with tqdm(total=cfg.autoencoder.steps, desc="train video autoencoder", unit="step") as bar:
+
+            def progress(step: int, loss: float) -> None:
+                bar.update(1)
+                if step % 50 == 0:
+                    bar.set_postfix(loss=f"{loss:.4f}")
+
+            stats = train_autoencoder(model.ae, cfg.autoencoder, frames, progress)
         real = make_world(cfg.data, "all").sample(128, 0)
         with torch.no_grad():
             rec = model.ae.decode(model.ae.encode(real.clips))

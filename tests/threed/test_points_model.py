@@ -136,3 +136,16 @@ def test_train_points_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["train", "points", "--config", str(cfg), "--out", str(tmp_path / "run")]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 2
     assert PointsModality().build_model(from_dict(PointsConfig, {})).stage == "base"
+
+
+def test_upsampler_draws_chunks_of_its_trained_size(pipeline: PointsPipeline) -> None:
+    """Extra points come in chunks of m (the upsampler's set size) that do not see each other:
+    asking for more points keeps the first chunk and adds independent ones."""
+    assert pipeline.up_cfg is not None
+    m, coarse = pipeline.up_cfg.data.num_points, pipeline.coarse_points
+    one = pipeline.generate(["a red torus"], seed=3, num_points=coarse + m)
+    three = pipeline.generate(["a red torus"], seed=3, num_points=coarse + 2 * m + 5)
+    assert three.shape == (1, coarse + 2 * m + 5, 6)
+    torch.testing.assert_close(three[:, : coarse + m], one, atol=1e-4, rtol=0)
+    first, second = three[0, coarse : coarse + m], three[0, coarse + m : coarse + 2 * m]
+    assert not torch.allclose(first, second, atol=1e-3)
