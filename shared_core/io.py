@@ -16,6 +16,7 @@ from shared_core.errors import ExtradimError
 
 __all__ = [
     "atomic_path",
+    "check_out_dir",
     "check_writable",
     "file_sha256",
     "progress_callback",
@@ -39,6 +40,27 @@ def check_writable(path: str | os.PathLike[str], suffixes: tuple[str, ...] | Non
     if p.is_dir():
         raise ExtradimError(f"output path is a folder: {p}")
     return p
+
+
+def check_out_dir(path: str | os.PathLike[str], names: tuple[str, ...] = ()) -> Path:
+    """An output folder, checked before any work but not created: not a file, its nearest existing
+    parent writable, and none of the ``names`` it will receive already a folder.
+
+    Raises:
+        ExtradimError: one line naming the problem.
+    """
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ExtradimError(f"--out is not a folder: {out}")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not os.access(existing, os.W_OK):
+        raise ExtradimError(f"output folder is not writable: {existing}")
+    for name in names:
+        if (out / name).is_dir():
+            raise ExtradimError(f"output path is a folder: {out / name}")
+    return out
 
 
 @contextlib.contextmanager

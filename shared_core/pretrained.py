@@ -7,12 +7,13 @@ never unpickles; missing, corrupt or mismatched files raise a one-line ``Checkpo
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -20,7 +21,14 @@ from shared_core.config import from_yaml, to_yaml
 from shared_core.errors import CheckpointError, ConfigError
 from shared_core.io import atomic_path
 
-__all__ = ["checkpoint_files", "load_pretrained", "save_pretrained"]
+__all__ = [
+    "checkpoint_files",
+    "load_pretrained",
+    "load_tagged",
+    "save_pretrained",
+    "save_tagged",
+    "tagged_stats",
+]
 
 C = TypeVar("C")
 M = TypeVar("M", bound=nn.Module)
@@ -72,3 +80,47 @@ def load_pretrained(
         first = next((ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()), str(exc))
         raise CheckpointError(f"checkpoint {weights} does not match its config: {first}") from exc
     return model, cfg, weights
+
+
+# Small self-describing networks (evaluation feature extractors): one .safetensors file whose
+# metadata holds its format tag, its config as JSON and its training stats.
+
+
+def save_tagged(
+    model: nn.Module, path: str | os.PathLike[str], fmt: str, config: dict[str, Any], stats: dict[str, Any]
+) -> Path:
+    """Write ``model``'s weights to ``path`` atomically with ``format``, ``config`` and ``stats`` metadata."""
+    path = Path(path)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = {"format": fmt, "config": json.dumps(config), "stats": json.dumps(stats)}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+    return path
+
+
+def tagged_stats(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The training stats stored in a ``save_tagged`` file."""
+    with safe_open(str(path), framework="pt") as f:
+        return dict(json.loads((f.metadata() or {}).get("stats", "{}")))
+
+
+def load_tagged(path: str | os.PathLike[str], fmt: str, build: Callable[[dict[str, Any]], M], what: str) -> M:
+    """The network in a ``save_tagged`` file, built from its stored config, in eval mode.
+
+    Raises:
+        CheckpointError: ``what`` is missing, has another format tag, or does not load.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(path))
+        if meta.get("format") != fmt:
+            raise ValueError(f"not a {what} (format {meta.get('format')!r})")
+        net = build(json.loads(meta["config"]))
+        net.load_state_dict(state)
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise CheckpointError(f"bad {what} {path}: {str(exc).splitlines()[0]}") from exc
+    return net.eval()

@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 from shared_core.errors import ExtradimError
-from shared_core.io import atomic_path, write_json
+from shared_core.io import atomic_path, check_out_dir, write_json
 from shared_core.metrics import frechet_distance, kernel_inception_distance
 from threed.metrics import mmd_cov, one_nn_accuracy, pairwise_chamfer, pairwise_emd
 from threed.world import COLOURS, SHAPES, ShapeWorld, canonical_caption
@@ -407,22 +407,6 @@ def evaluate_points(
 # ----------------------------------------------------------------------------------------------
 
 
-def _check_out_dir(path: str) -> Path:
-    """The output folder, checked (not created): not a file, nearest existing parent writable."""
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise ExtradimError(f"--out is not a folder: {out}")
-    existing = out
-    while not existing.exists():
-        existing = existing.parent
-    if not os.access(existing, os.W_OK):
-        raise ExtradimError(f"output folder is not writable: {existing}")
-    for name in ("eval.json", "contact_sheet.png"):
-        if (out / name).is_dir():
-            raise ExtradimError(f"output path is a folder: {out / name}")
-    return out
-
-
 def run_eval(args: argparse.Namespace) -> int:
     with torch.no_grad():
         return _run_eval(args)
@@ -443,7 +427,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         raise ExtradimError(f"--classes must be distinct shapes from: {', '.join(SHAPES)}; got {classes}")
     if args.emd_points < 2 or args.mesh_per_class < 0:
         raise ExtradimError("--emd-points must be >= 2 and --mesh-per-class >= 0")
-    out = _check_out_dir(args.out)
+    out = check_out_dir(args.out, ("eval.json", "contact_sheet.png"))
     pipe = PointsPipeline.load(args.base, args.upsampler)
     resolved = pipe.settings(args.steps, args.guidance, args.sampler)
     pipe.check_num_points(args.num_points)

@@ -21,7 +21,6 @@ metadata, and ``build_point_net`` rebuilds them.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -30,12 +29,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from shared_core.errors import CheckpointError
-from shared_core.io import atomic_path
+from shared_core.pretrained import load_tagged, save_tagged, tagged_stats
 from threed.world import SHAPES, ShapeWorld
 
 __all__ = [
@@ -157,12 +154,8 @@ def build_point_net(
     """(Re)train the classifier and save it to ``path`` (safetensors; recipe and stats in metadata)."""
     cfg = cfg or PointNetConfig()
     net, stats = train_point_net(cfg, log=log)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
-    meta = {"format": _FORMAT, "config": json.dumps(asdict(cfg)), "stats": json.dumps(stats)}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=meta)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_tagged(net, path, _FORMAT, asdict(cfg), stats)
     if log:
         print(f"[pointnet] wrote {path}: {stats}", flush=True)
     return net
@@ -170,8 +163,7 @@ def build_point_net(
 
 def point_net_stats(path: str | os.PathLike[str] = DEFAULT_POINTNET) -> dict[str, Any]:
     """The training stats stored with the weights (held-out accuracy, seconds)."""
-    with safe_open(str(path), framework="pt") as f:
-        return dict(json.loads((f.metadata() or {}).get("stats", "{}")))
+    return tagged_stats(path)
 
 
 def load_point_net(
@@ -187,17 +179,7 @@ def load_point_net(
         if not build_if_missing:
             raise CheckpointError(f"PointNet weights not found: {path} (rebuild: python -m threed.features)")
         return build_point_net(path)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        state = load_file(str(path))
-        if meta.get("format") != _FORMAT:
-            raise ValueError(f"not a PointNet file (format {meta.get('format')!r})")
-        net = PointNet(PointNetConfig(**json.loads(meta["config"])))
-        net.load_state_dict(state)
-    except (SafetensorError, OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-        raise CheckpointError(f"bad PointNet weights {path}: {str(exc).splitlines()[0]}") from exc
-    return net.eval()
+    return load_tagged(path, _FORMAT, lambda c: PointNet(PointNetConfig(**c)), "PointNet weights")
 
 
 @torch.no_grad()

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from shared_core.errors import ExtradimError
-from shared_core.io import atomic_path, check_writable, write_json
+from shared_core.io import atomic_path, check_out_dir, write_json
 from video.checker import attribute_accuracy, check_clips
 from video.world import Attributes, canonical_caption
 
@@ -334,21 +334,6 @@ def evaluate_pipeline(
 # ----------------------------------------------------------------------------------------------
 
 
-def _prepare_out_dir(path: str) -> Path:
-    """Create ``path`` (and parents) after checking the nearest existing folder is writable."""
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise ExtradimError(f"--out is not a folder: {out}")
-    existing = out
-    while not existing.exists():
-        existing = existing.parent
-    if not os.access(existing, os.W_OK):
-        raise ExtradimError(f"output folder is not writable: {existing}")
-    out.mkdir(parents=True, exist_ok=True)
-    check_writable(out / "eval.json")
-    return out
-
-
 def run_eval(args: argparse.Namespace) -> int:
     with torch.no_grad():
         return _run_eval(args)
@@ -371,7 +356,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     }
     resolved = pipe.settings(args.steps, args.sampler, args.guidance)  # bad values fail before any work
     feature_net = load_feature_net(args.features or DEFAULT_FEATURES)
-    out = _prepare_out_dir(args.out)
+    out = check_out_dir(args.out, ("eval.json", "contact_sheet.png"))
+    out.mkdir(parents=True, exist_ok=True)
     with tqdm(total=resolved["steps"] * args.num_clips, desc="eval video", unit="clip-step") as bar:
         report = evaluate_pipeline(
             pipe,

@@ -19,7 +19,6 @@ something only next to the same metric between two disjoint real sets of the sam
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -28,12 +27,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from shared_core.errors import CheckpointError
-from shared_core.io import atomic_path
+from shared_core.pretrained import load_tagged, save_tagged
 from video.world import COLOURS, MOTIONS, SHAPES, ShapesWorld
 
 __all__ = [
@@ -168,12 +165,8 @@ def build_feature_net(
     """(Re)train the classifier and save it to ``path`` (safetensors, recipe and stats in metadata)."""
     cfg = cfg or FeatureNetConfig()
     net, stats = train_feature_net(cfg, log=log)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
-    meta = {"format": _FORMAT, "config": json.dumps(asdict(cfg)), "stats": json.dumps(stats)}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=meta)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_tagged(net, path, _FORMAT, asdict(cfg), stats)
     if log:
         print(f"[features] wrote {path}: {stats}", flush=True)
     return net
@@ -192,19 +185,7 @@ def load_feature_net(
         if not build_if_missing:
             raise CheckpointError(f"feature network not found: {path}")
         return build_feature_net(path)
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        state = load_file(str(path))
-        if meta.get("format") != _FORMAT:
-            raise ValueError(f"not a feature network (format {meta.get('format')!r})")
-        net = FeatureNet(FeatureNetConfig(**json.loads(meta["config"])))
-        net.load_state_dict(state)
-    except (SafetensorError, OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-        raise CheckpointError(f"bad feature network {path}: {str(exc).splitlines()[0]}") from exc
-    return net.eval()
+    return load_tagged(path, _FORMAT, lambda c: FeatureNet(FeatureNetConfig(**c)), "feature network")
 
 
 @torch.no_grad()
