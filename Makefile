@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 TORCH   ?= torch==2.13.0
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow lint format typecheck bench clean
+.PHONY: setup demo demo-core test test-slow lint format typecheck bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,7 +17,13 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The main job on the shipped weights: a clip from text, then a coloured point cloud + mesh.
 demo: $(STAMP)
+	mkdir -p outputs
+	$(BIN)/extradim video "a red circle moving left" -o outputs/demo.gif --seed 0
+	$(BIN)/extradim points "a blue torus" -o outputs/torus.ply --mesh outputs/torus.glb --seed 0
+
+demo-core: $(STAMP)
 	mkdir -p outputs
 	$(BIN)/extradim demo -o outputs/demo.png
 
@@ -44,6 +50,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_samplers.py --out benchmarks/results/samplers.json
 	$(BIN)/python benchmarks/bench_dit.py --out benchmarks/results/dit.json
 	$(BIN)/python benchmarks/train_toy2d.py
+	$(BIN)/python benchmarks/bench_video.py --out benchmarks/results/video_speed.json
+	$(BIN)/python benchmarks/bench_points.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache .mypy_cache
