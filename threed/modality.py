@@ -1,7 +1,7 @@
 """The ``points`` modality: Point-E-style text-to-point-cloud diffusion on the shape world.
 
     extradim train points --config configs/threed/points_base.yaml       # text -> 512 points
-    extradim train points --config configs/threed/points_upsampler.yaml  # 512 -> +1536 points
+    extradim train points --config configs/threed/points_upsampler.yaml  # 512 -> + chunks of 512
 
 Two stages, as in Point-E (Nichol et al. 2022), both on the shared DiT as a token-set model (one
 token per point, xyz + rgb, no position embedding, so the model is permutation-equivariant):
@@ -10,7 +10,9 @@ token per point, xyz + rgb, no position embedding, so the model is permutation-e
   vector added to the timestep embedding), classifier-free guidance by dropping the text.
 - ``upsampler``: generates the extra points of the full cloud conditioned on the coarse cloud,
   which enters as cross-attention context through a small point-wise MLP. Training jitters the
-  coarse cloud slightly, so the upsampler tolerates the base model's imperfect output.
+  coarse cloud slightly, so the upsampler tolerates the base model's imperfect output. It learns
+  sets of 512 extra points; the pipeline draws as many independent chunks as the requested cloud
+  needs (given the coarse cloud, surface samples are independent of each other).
 
 Captions come from an embedding bank of every caption the world can produce (6048), computed once.
 """
