@@ -89,8 +89,10 @@ def load_pretrained(
 def save_tagged(
     model: nn.Module, path: str | os.PathLike[str], fmt: str, config: dict[str, Any], stats: dict[str, Any]
 ) -> Path:
-    """Write ``model``'s weights to ``path`` atomically with ``format``, ``config`` and ``stats`` metadata."""
+    """Write ``model``'s weights to ``path`` (its folder created if missing) atomically with
+    ``format``, ``config`` and ``stats`` metadata."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {"format": fmt, "config": json.dumps(config), "stats": json.dumps(stats)}
     with atomic_path(path) as tmp:

@@ -154,7 +154,6 @@ def build_point_net(
     """(Re)train the classifier and save it to ``path`` (safetensors; recipe and stats in metadata)."""
     cfg = cfg or PointNetConfig()
     net, stats = train_point_net(cfg, log=log)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_tagged(net, path, _FORMAT, asdict(cfg), stats)
     if log:
         print(f"[pointnet] wrote {path}: {stats}", flush=True)

@@ -76,9 +76,8 @@ def pairwise_chamfer(a: Tensor, b: Tensor | None = None) -> Tensor:
         (A, B) float32 distances.
     """
     sym = b is None
-    other = a if b is None else b
     pa = a.detach().double().cpu().numpy()
-    pb = pa if b is None else other.detach().double().cpu().numpy()
+    pb = pa if b is None else b.detach().double().cpu().numpy()
     trees_a = [cKDTree(p) for p in pa]
     trees_b = trees_a if sym else [cKDTree(p) for p in pb]
     out = np.zeros((len(pa), len(pb)))

@@ -165,7 +165,6 @@ def build_feature_net(
     """(Re)train the classifier and save it to ``path`` (safetensors, recipe and stats in metadata)."""
     cfg = cfg or FeatureNetConfig()
     net, stats = train_feature_net(cfg, log=log)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_tagged(net, path, _FORMAT, asdict(cfg), stats)
     if log:
         print(f"[features] wrote {path}: {stats}", flush=True)
