@@ -1,0 +1,305 @@
+"""DreamFusion-style text-to-3D on CPU: a NeRF optimised by score distillation from a 2-D prior.
+
+    result = dream(ShapeWorldPrior.load(), "a red torus", DreamConfig(), seed=0)
+    mesh = extract_mesh(result.field)
+
+Each step renders ``views_per_step`` random cameras (azimuth uniform, elevation in a range, the
+prior's distance and field of view) with a random light and a random shading mode (albedo only
+for the first ``albedo_steps``; afterwards albedo, Lambertian or textureless, as DreamFusion), and
+pushes the renders along the prior's SDS direction (``shared_core.distill``) at a noise level
+whose range is annealed from ``t_range`` to ``t_final``. Regularisers: the opacity entropy (fully
+opaque or empty rays), DreamFusion's orientation loss (no normals facing away from the camera in
+visible samples) and total variation of the density grid (smooth surfaces on a dense grid).
+
+Anything with the ``ImagePrior`` interface can be the prior: the shipped shape-world prior
+(``threed.prior.ShapeWorldPrior``) or a Stable Diffusion pipeline (``threed.sd_prior``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import trimesh
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from shared_core.distill import sds_loss, sds_sigmas
+from shared_core.random import make_generator, rand, randn
+from shared_core.schedules import Schedule
+from shared_core.train.distributed import derive_seed
+from threed.nerf import Background, GridField, NeRFConfig, OccupancyGrid, aabb_intersect, render_rays
+from threed.views import Camera, camera_rays
+
+__all__ = [
+    "DreamConfig",
+    "DreamResult",
+    "ImagePrior",
+    "dream",
+    "extract_mesh",
+    "render_view",
+    "surface_threshold",
+]
+
+
+class ImagePrior(Protocol):
+    """What score distillation needs from a text-to-image model."""
+
+    size: int  # render resolution the prior takes
+    distance: float  # camera distance and field of view of the views it was trained on
+    fov: float
+    schedule: Schedule
+    name: str
+
+    def encode(self, prompt: str) -> Any: ...
+
+    def denoiser(self, cond: Any, cameras: Tensor, guidance: float) -> Callable[[Tensor, Tensor], Tensor]:
+        """``(x (B, 3, H, W) in [-1, 1], sigma (B,)) -> x0``, guided, at cameras ``(B, 2)`` [az, el]."""
+        ...
+
+
+@dataclass(frozen=True)
+class DreamConfig:
+    steps: int = 600
+    max_minutes: float = 5.0
+    views_per_step: int = 2
+    lr: float = 0.05  # Adam on the density and albedo grids
+    background_lr: float = 1e-3
+    guidance: float = 20.0  # CFG scale of the prior (DreamFusion: 100 with Imagen)
+    t_range: tuple[float, float] = (0.02, 0.98)  # initial range of diffusion times (fractions)
+    t_final: tuple[float, float] = (0.02, 0.5)  # reached linearly at the last step
+    weighting: str = "vp_variance"
+    grad_clip: float | None = 1.0  # elementwise clamp of the SDS direction
+    elevation: tuple[float, float] = (-10.0, 60.0)
+    albedo_steps: int = 100  # albedo-only shading first (DreamFusion's warm-up)
+    shading_probs: tuple[float, float, float] = (0.3, 0.5, 0.2)  # albedo, lambertian, textureless
+    ambient: float = 0.3
+    lambda_entropy: float = 1e-3
+    lambda_orient: float = 1e-2
+    lambda_tv: float = 1e-2
+    occupancy_every: int = 16
+    nerf: NeRFConfig = field(default_factory=NeRFConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("t_range", "t_final", "elevation", "shading_probs"):
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+        if isinstance(self.nerf, dict):
+            object.__setattr__(self, "nerf", NeRFConfig(**self.nerf))
+        if self.steps < 1 or self.max_minutes <= 0 or self.views_per_step < 1:
+            raise ValueError("need steps >= 1, max_minutes > 0 and views_per_step >= 1")
+        if self.guidance < 1 or self.lr <= 0:
+            raise ValueError("need guidance >= 1 and lr > 0")
+        if abs(sum(self.shading_probs) - 1) > 1e-6 or min(self.shading_probs) < 0:
+            raise ValueError("shading_probs must be three non-negative numbers summing to 1")
+
+
+@dataclass
+class DreamResult:
+    field: GridField
+    background: Background
+    history: list[dict[str, float]]  # one row per step: loss terms, t
+    timings: dict[str, float]  # seconds spent rendering, in the prior, in backward + step; total
+    steps: int  # steps done (fewer than asked when max_minutes ran out)
+    config: DreamConfig
+
+    def summary(self) -> dict[str, Any]:
+        return {"steps": self.steps, "timings": {k: round(v, 2) for k, v in self.timings.items()},
+                "config": asdict(self.config)}  # fmt: skip
+
+
+_SHADINGS = ("albedo", "lambertian", "textureless")
+
+
+def render_view(
+    field: GridField,
+    background: nn.Module | Tensor | None,
+    camera: Camera,
+    size: int,
+    *,
+    occupancy: OccupancyGrid | None = None,
+    shading: str = "albedo",
+    light: Tensor | None = None,
+    ambient: float = 0.3,
+    stratified: bool = False,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Any]:
+    """One view ``(3, size, size)`` in [0, 1] and the ``RenderOutput``."""
+    o, d = camera_rays(camera, size)
+    out = render_rays(field, o, d, background=background, occupancy=occupancy, shading=shading,  # type: ignore[arg-type]
+                      light=light, ambient=ambient, stratified=stratified, generator=generator)  # fmt: skip
+    return out.rgb.t().reshape(3, size, size), out
+
+
+def _tv(grid: Tensor) -> Tensor:
+    g = grid[0, 0]
+    return ((g[1:] - g[:-1]).pow(2).mean() + (g[:, 1:] - g[:, :-1]).pow(2).mean()
+            + (g[:, :, 1:] - g[:, :, :-1]).pow(2).mean())  # fmt: skip
+
+
+def dream(
+    prior: ImagePrior,
+    prompt: str,
+    cfg: DreamConfig | None = None,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+    on_preview: Callable[[int, GridField, Background], None] | None = None,
+    preview_every: int = 50,
+) -> DreamResult:
+    """Optimise a NeRF for ``prompt``; noise, cameras, lights and shading come from ``seed`` (CPU)."""
+    cfg = cfg or DreamConfig()
+    torch.manual_seed(seed)
+    nerf = GridField(cfg.nerf)
+    bg = Background()
+    occ = OccupancyGrid(cfg.nerf)
+    opt = torch.optim.Adam(
+        [{"params": nerf.parameters(), "lr": cfg.lr}, {"params": bg.parameters(), "lr": cfg.background_lr}],
+        betas=(0.9, 0.99), eps=1e-15,
+    )  # fmt: skip
+    cond = prior.encode(prompt)
+    g = make_generator(derive_seed(seed, 7))
+    timings = {"render_s": 0.0, "prior_s": 0.0, "backward_s": 0.0}
+    history: list[dict[str, float]] = []
+    start = time.perf_counter()
+    B = cfg.views_per_step
+    done = 0
+    bar = tqdm(total=cfg.steps, desc="dream", unit="step", disable=not progress)
+    for step in range(cfg.steps):
+        if time.perf_counter() - start > 60 * cfg.max_minutes:
+            break
+        if step % cfg.occupancy_every == 0:
+            occ.update(nerf, g)
+        frac = step / max(cfg.steps - 1, 1)
+        t_lo = cfg.t_range[0] + frac * (cfg.t_final[0] - cfg.t_range[0])
+        t_hi = cfg.t_range[1] + frac * (cfg.t_final[1] - cfg.t_range[1])
+
+        t0 = time.perf_counter()
+        u = rand((B, 4), g, dtype=torch.float64).tolist()
+        images, cams, orient, opac = [], [], [], []
+        for b in range(B):
+            az = 360.0 * u[b][0]
+            el = cfg.elevation[0] + (cfg.elevation[1] - cfg.elevation[0]) * u[b][1]
+            cam = Camera(az, el, prior.distance, prior.fov)
+            if step < cfg.albedo_steps:
+                mode = "albedo"
+            else:
+                cum = np.cumsum(cfg.shading_probs)
+                mode = _SHADINGS[int(np.searchsorted(cum, u[b][2] * cum[-1], side="right").clip(0, 2))]
+            light_dir = cam.position() / cam.distance + 0.6 * randn((3,), g).double().numpy()
+            light = torch.from_numpy(light_dir / np.linalg.norm(light_dir)).float()
+            img, out = render_view(nerf, bg, cam, prior.size, occupancy=occ, shading=mode, light=light,
+                                   ambient=cfg.ambient, stratified=True, generator=g)  # fmt: skip
+            images.append(img)
+            cams.append([az, el])
+            opac.append(out.opacity)
+            if out.normals is not None:
+                _, dirs = camera_rays(cam, prior.size)
+                facing = (out.normals * dirs[:, None]).sum(-1).clamp_min(0)  # > 0: faces away
+                orient.append((out.weights.detach() * facing.pow(2)).sum(-1).mean())
+        x = torch.stack(images) * 2 - 1
+        timings["render_s"] += time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        sigma = sds_sigmas(prior.schedule, B, g, (t_lo, t_hi))
+        noise = randn(tuple(x.shape), g)
+        den = prior.denoiser(cond, torch.tensor(cams, dtype=torch.float32), cfg.guidance)
+        sds = sds_loss(den, x, sigma, noise, weighting=cfg.weighting, grad_clip=cfg.grad_clip)  # type: ignore[arg-type]
+        timings["prior_s"] += time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        o = torch.cat(opac).clamp(1e-5, 1 - 1e-5)
+        entropy = -(o * o.log() + (1 - o) * (1 - o).log()).mean()
+        orient_loss = torch.stack(orient).mean() if orient else torch.zeros(())
+        tv = _tv(nerf.density_grid)
+        loss = sds.loss + cfg.lambda_entropy * entropy + cfg.lambda_orient * orient_loss + cfg.lambda_tv * tv
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        timings["backward_s"] += time.perf_counter() - t0
+        done = step + 1
+        row = {"step": done, "sds": float(sds.grad.pow(2).mean()), "entropy": float(entropy.detach()),
+               "orient": float(orient_loss.detach()), "tv": float(tv.detach()), "t_hi": t_hi,
+               "occupied": occ.fraction}  # fmt: skip
+        history.append(row)
+        bar.update(1)
+        bar.set_postfix(sds=f"{row['sds']:.4f}", occ=f"{occ.fraction:.2f}")
+        if on_preview is not None and (done % preview_every == 0 or done == cfg.steps):
+            on_preview(done, nerf, bg)
+    bar.close()
+    timings["total_s"] = time.perf_counter() - start
+    return DreamResult(nerf, bg, history, timings, done, cfg)
+
+
+# ----------------------------------------------------------------------------------------------
+# Mesh export
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def surface_threshold(field: GridField, distance: float = 3.2, fov: float = 45.0, size: int = 32) -> float:
+    """The density level whose silhouettes match the rendered ones best.
+
+    From 8 views around the object (four azimuths, two elevations) the rendered silhouette is the
+    set of rays with opacity > 0.5; a level ``tau``'s silhouette is the set of rays that meet
+    density above ``tau``. The level is the one of 48 candidates (log-spaced from 1/1000 of the
+    peak density to the peak) with the best silhouette IoU summed over the views, so the mesh's
+    outline is the outline the renders show, whatever the field's density scale (a fixed
+    threshold, as DreamFusion's, does not transfer between fields). Raises ``ValueError`` when no
+    ray is opaque (an empty field)."""
+    S = 2 * field.cfg.samples_per_ray
+    masks, peaks = [], []
+    for az in range(0, 360, 90):
+        for el in (15.0, 50.0):
+            o, d = camera_rays(Camera(az + el, el, distance, fov), size)
+            out = render_rays(field, o, d, samples=S)
+            t_near, t_far, _ = aabb_intersect(o, d, field.cfg.bound)
+            t = t_near[:, None] + (t_far - t_near).clamp_min(0)[:, None] * (torch.arange(S) + 0.5) / S
+            dens = field.density((o[:, None] + d[:, None] * t[..., None]).reshape(-1, 3)).reshape(-1, S)
+            masks.append(out.opacity > 0.5)
+            peaks.append(dens.amax(-1))
+    mask, peak = torch.cat(masks), torch.cat(peaks)
+    if not mask.any():
+        raise ValueError("the field is empty: no view sees an opaque ray")
+    top = float(peak.max())
+    levels = torch.logspace(math.log10(top * 1e-3), math.log10(top), 48)[:-1]
+    inside = peak[None] > levels[:, None]  # (levels, rays)
+    iou = (inside & mask).sum(-1) / (inside | mask).sum(-1).clamp_min(1)
+    return float(levels[int(iou.argmax())])
+
+
+@torch.no_grad()
+def extract_mesh(field: GridField, resolution: int = 64, threshold: float | None = None) -> trimesh.Trimesh:
+    """Marching cubes on the density sampled on a ``resolution^3`` grid over the scene box, at
+    ``surface_threshold(field)`` (or ``threshold``), halved until some voxel exceeds it; vertex colours
+    from the albedo; the largest component kept. The grid is padded with empty space, so the
+    surface is closed (watertight) unless the object touches the box. Raises ``ValueError`` on an
+    empty field."""
+    from skimage.measure import marching_cubes
+
+    c = field.cfg
+    level = surface_threshold(field) if threshold is None else float(threshold)
+    lin = torch.linspace(-c.bound, c.bound, resolution)
+    pts = torch.stack(torch.meshgrid(lin, lin, lin, indexing="ij"), -1).reshape(-1, 3)
+    dens = torch.cat([field.density(p) for p in pts.split(65536)]).reshape((resolution,) * 3).numpy()
+    peak = float(dens.max())
+    if peak <= 0:
+        raise ValueError("the field is empty: nothing to mesh")
+    while level >= peak:
+        level /= 2
+    vol = np.pad(dens, 1, constant_values=0.0)
+    verts, faces, _, _ = marching_cubes(vol, level=level)
+    step = 2 * c.bound / (resolution - 1)
+    verts = (verts - 1) * step - c.bound
+    mesh = trimesh.Trimesh(verts, faces[:, ::-1], process=True)  # outward normals (density falls outward)
+    parts = mesh.split(only_watertight=False)
+    if len(parts) > 1:
+        mesh = max(parts, key=lambda m: m.area)
+    rgb = field.albedo(torch.from_numpy(np.asarray(mesh.vertices, dtype=np.float32))).numpy()
+    colours = np.concatenate([rgb * 255, np.full((len(rgb), 1), 255.0)], 1).round().astype(np.uint8)
+    mesh.visual.vertex_colors = colours
+    return mesh
