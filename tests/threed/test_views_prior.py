@@ -1,0 +1,138 @@
+"""Cameras, the ground-truth ray caster, the view-prior dataset/model and its SDS interface."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from shared_core.config import from_dict
+from shared_core.pretrained import save_pretrained
+from shared_core.text import TextEncoder
+from tests.threed.conftest import randomise
+from threed.prior import ShapeWorldPrior, ViewPriorModel, ViewsConfig, ViewsDataConfig, ViewsDataset
+from threed.views import Camera, camera_rays, render_mesh, view_embedding, view_phrase
+
+TINY_VIEWS = {
+    "diffusion": {"schedule": "cosine", "prediction": "x0"},
+    "data": {"size": 16, "objects": 3, "views_per_object": 2, "max_text_length": 16},
+    "model": {"patch_size": 4, "hidden_size": 32, "depth": 1, "num_heads": 2, "camera_dim": 8},
+    "sample": {"steps": 2},
+}
+
+
+def test_camera_rays_look_at_the_origin_with_z_up():
+    cam = Camera(90.0, 0.0, distance=3.0)
+    np.testing.assert_allclose(cam.position(), [0.0, 3.0, 0.0], atol=1e-9)
+    o, d = camera_rays(cam, 4)
+    assert o.shape == d.shape == (16, 3)
+    torch.testing.assert_close(d.norm(dim=-1), torch.ones(16))
+    centre = d.reshape(4, 4, 3)[1:3, 1:3].mean((0, 1))
+    torch.testing.assert_close(centre / centre.norm(), torch.tensor([0.0, -1.0, 0.0]), atol=1e-6, rtol=0)
+    assert d.reshape(4, 4, 3)[0, :, 2].min() > 0 > d.reshape(4, 4, 3)[-1, :, 2].max()  # row 0 is the top
+    # looking straight down still gives a valid frame
+    assert torch.isfinite(camera_rays(Camera(0.0, 90.0), 2)[1]).all()
+
+
+def test_render_mesh_draws_a_lit_disc_of_the_right_size():
+    ball = trimesh.creation.icosphere(subdivisions=4, radius=0.5)
+    ball.visual.vertex_colors = np.array([240, 40, 40, 255], dtype=np.uint8)
+    cam = Camera(0.0, 0.0, distance=3.0, fov=40.0)
+    view = render_mesh(ball, cam, 32, ambient=0.2)
+    # apparent radius in pixels: tan of the half-angle the ball subtends over tan of half the fov
+    r_px = math.tan(math.asin(0.5 / 3.0)) / math.tan(math.radians(20)) * 16
+    assert abs(float(view.mask.sum()) - math.pi * r_px**2) < 0.08 * math.pi * r_px**2
+    centre = view.image[:, 15:17, 15:17].mean((1, 2))
+    torch.testing.assert_close(
+        centre, torch.tensor([240, 40, 40]) / 255.0, atol=0.03, rtol=0
+    )  # facing the light
+    assert view.image[:, 0, 0].abs().max() == 0  # background
+    side = render_mesh(ball, cam, 32, ambient=0.2, light=np.array([0.0, 1.0, 0.0]))
+    assert side.image[0, 16, 16] < 0.6 * view.image[0, 16, 16]  # lit from the side: darker in front
+
+
+def test_view_phrases_and_embedding():
+    assert view_phrase(10, 0) == "front view" and view_phrase(180, 20) == "back view"
+    assert view_phrase(-90, 10) == "side view" and view_phrase(0, 75) == "overhead view"
+    e = view_embedding(torch.tensor([0.0, 90.0]), torch.tensor([0.0, 90.0]))
+    torch.testing.assert_close(
+        e, torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0]]), atol=1e-6, rtol=0
+    )
+
+
+def test_views_dataset_is_deterministic_with_relative_cameras():
+    cfg = ViewsDataConfig(size=16, objects=3, views_per_object=2, supersample=1)
+    a, b = ViewsDataset(cfg, None, progress=False), ViewsDataset(cfg, None, progress=False)
+    assert len(a) == 6
+    assert torch.equal(a.images, b.images) and torch.equal(a.cameras, b.cameras)
+    item = a[7]  # wraps around
+    assert item["x"].shape == (3, 16, 16) and -1 <= item["x"].min() and item["x"].max() <= 1
+    assert (a.cameras[:, 0] >= 0).all() and (a.cameras[:, 0] < 360).all()
+    # stratified azimuths: an object's two views are on opposite halves of the circle
+    assert ((a.cameras[0::2, 0] < 180) & (a.cameras[1::2, 0] >= 180)).all()
+    lo, hi = cfg.elevation
+    assert ((a.cameras[:, 1] >= lo) & (a.cameras[:, 1] <= hi)).all()
+    assert a.images.float().std() > 0
+    with pytest.raises(ValueError):
+        ViewsDataConfig(size=10)
+
+
+@pytest.fixture(scope="module")
+def tiny_prior(tmp_path_factory, text_encoder: TextEncoder) -> ShapeWorldPrior:
+    cfg = from_dict(ViewsConfig, TINY_VIEWS)
+    path = save_pretrained(randomise(ViewPriorModel(cfg)), cfg, tmp_path_factory.mktemp("views") / "v.safetensors",
+                           kind="views")  # fmt: skip
+    prior = ShapeWorldPrior.load(path)
+    prior.text = text_encoder
+    return prior
+
+
+def test_prior_denoiser_depends_on_camera_and_text(tiny_prior: ShapeWorldPrior):
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    sigma = torch.tensor([1.0, 1.0])
+    cams = torch.tensor([[0.0, 10.0], [120.0, 40.0]])
+    red = tiny_prior.encode("a red torus")
+    out = tiny_prior.denoiser(red, cams, 3.0)(x, sigma)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    same_cam = tiny_prior.denoiser(red, cams[:1].expand(2, 2), 3.0)(x, sigma)
+    assert not torch.allclose(out[1], same_cam[1])  # the camera matters
+    torch.testing.assert_close(out[0], same_cam[0])
+    blue = tiny_prior.denoiser(tiny_prior.encode("a blue cube"), cams, 3.0)(x, sigma)
+    assert not torch.allclose(out, blue)  # the text matters
+
+
+def test_prior_sample_is_reproducible(tiny_prior: ShapeWorldPrior):
+    cams = torch.tensor([[0.0, 10.0], [90.0, 30.0]])
+    a = tiny_prior.sample("a red torus", cams, seed=1)
+    b = tiny_prior.sample("a red torus", cams, seed=1)
+    assert a.shape == (2, 3, 16, 16) and torch.equal(a, b) and 0 <= a.min() and a.max() <= 1
+
+
+def test_train_views_end_to_end(tmp_path, capsys, monkeypatch):
+    import json
+
+    from shared_core.cli import main
+    from threed import prior as prior_mod
+
+    # the full caption bank takes a while to encode: train on a small one
+    monkeypatch.setattr(
+        prior_mod, "all_captions", lambda: sorted({"a red torus", "a blue cube"} | _captions())
+    )
+    cfg = tmp_path / "v.yaml"
+    cfg.write_text(
+        "train: {steps: 2, batch_size: 2, log: {every: 1, progress: false}}\n"
+        "diffusion: {schedule: cosine, prediction: x0}\n"
+        "data: {size: 16, objects: 2, views_per_object: 2, supersample: 1}\n"
+        "model: {hidden_size: 32, depth: 1, num_heads: 2, camera_dim: 8}\n"
+    )
+    assert main(["train", "views", "--config", str(cfg), "--out", str(tmp_path / "run")]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 2
+
+
+def _captions() -> set[str]:
+    from threed.world import ShapeWorld
+
+    return {c for _, _, _, c in ShapeWorld(1, seed=0).describe(range(2))}
