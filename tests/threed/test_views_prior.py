@@ -83,8 +83,8 @@ def test_views_dataset_is_deterministic_with_relative_cameras():
 @pytest.fixture(scope="module")
 def tiny_prior(tmp_path_factory, text_encoder: TextEncoder) -> ShapeWorldPrior:
     cfg = from_dict(ViewsConfig, TINY_VIEWS)
-    path = save_pretrained(randomise(ViewPriorModel(cfg)), cfg, tmp_path_factory.mktemp("views") / "v.safetensors",
-                           kind="views")  # fmt: skip
+    folder = tmp_path_factory.mktemp("views")
+    path = save_pretrained(randomise(ViewPriorModel(cfg)), cfg, folder / "v.safetensors", kind="views")
     prior = ShapeWorldPrior.load(path)
     prior.text = text_encoder
     return prior
