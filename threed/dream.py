@@ -58,6 +58,11 @@ class ImagePrior(Protocol):
 
     def encode(self, prompt: str) -> Any: ...
 
+    def latents(self, images: Tensor) -> Tensor:
+        """Renders ``(B, 3, size, size)`` in [-1, 1] -> what the denoiser takes (differentiably):
+        the images themselves for a pixel prior, VAE latents for a latent one."""
+        ...
+
     def denoiser(self, cond: Any, cameras: Tensor, guidance: float) -> Callable[[Tensor, Tensor], Tensor]:
         """``(x (B, 3, H, W) in [-1, 1], sigma (B,)) -> x0``, guided, at cameras ``(B, 2)`` [az, el]."""
         ...
@@ -206,9 +211,10 @@ def dream(
 
         t0 = time.perf_counter()
         sigma = sds_sigmas(prior.schedule, B, g, (t_lo, t_hi))
-        noise = randn(tuple(x.shape), g)
         den = prior.denoiser(cond, torch.tensor(cams, dtype=torch.float32), cfg.guidance)
-        sds = sds_loss(den, x, sigma, noise, weighting=cfg.weighting, grad_clip=cfg.grad_clip)  # type: ignore[arg-type]
+        z = prior.latents(x)
+        noise = randn(tuple(z.shape), g)
+        sds = sds_loss(den, z, sigma, noise, weighting=cfg.weighting, grad_clip=cfg.grad_clip)  # type: ignore[arg-type]
         timings["prior_s"] += time.perf_counter() - t0
 
         t0 = time.perf_counter()

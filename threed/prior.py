@@ -282,6 +282,9 @@ class ShapeWorldPrior:
         emb = self.text.encode([prompt], pad_to=self.cfg.data.max_text_length)
         return {"context": emb.tokens, "context_mask": emb.mask, "pooled": emb.pooled}
 
+    def latents(self, images: Tensor) -> Tensor:
+        return images  # a pixel-space prior
+
     def denoiser(self, cond: dict[str, Tensor], cameras: Tensor, guidance: float) -> Any:
         from shared_core.denoiser import NetworkDenoiser
         from shared_core.guidance import CFGDenoiser

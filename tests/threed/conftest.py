@@ -89,14 +89,36 @@ def cli(monkeypatch: pytest.MonkeyPatch, text_encoder: TextEncoder):  # -> Calla
 
     monkeypatch.setattr(TextEncoder, "load", staticmethod(load))
     declared = {
-        "extradim.commands": [EntryPoint("points", "threed.cli:register", "extradim.commands")],
+        "extradim.commands": [
+            EntryPoint("points", "threed.cli:register", "extradim.commands"),
+            EntryPoint("dream", "threed.dream_cli:register", "extradim.commands"),
+        ],
         "extradim.evals": [EntryPoint("points", "threed.evaluate:register", "extradim.evals")],
     }
     real = core_cli.entry_points
 
     def fake(*, group: str):
-        installed = [ep for ep in real(group=group) if ep.name != "points"]
+        installed = [ep for ep in real(group=group) if ep.name not in ("points", "dream")]
         return installed + declared.get(group, [])
 
     monkeypatch.setattr(core_cli, "entry_points", fake)
     return core_cli.main
+
+
+TINY_VIEWS = {
+    "diffusion": {"schedule": "cosine", "prediction": "x0"},
+    "data": {"size": 16, "objects": 3, "views_per_object": 2, "max_text_length": 16},
+    "model": {"patch_size": 4, "hidden_size": 32, "depth": 1, "num_heads": 2, "camera_dim": 8},
+    "sample": {"steps": 2},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_views_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny ``views`` prior saved as safetensors + YAML."""
+    from shared_core.pretrained import save_pretrained
+    from threed.prior import ViewPriorModel, ViewsConfig
+
+    cfg = from_dict(ViewsConfig, TINY_VIEWS)
+    folder = tmp_path_factory.mktemp("views")
+    return save_pretrained(randomise(ViewPriorModel(cfg)), cfg, folder / "v.safetensors", kind="views")

@@ -23,6 +23,9 @@ class OraclePrior:
     def encode(self, prompt: str) -> str:
         return prompt
 
+    def latents(self, images):
+        return images
+
     def denoiser(self, cond, cameras, guidance):
         self.calls += 1
         views = [

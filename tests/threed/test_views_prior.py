@@ -9,19 +9,9 @@ import pytest
 import torch
 import trimesh
 
-from shared_core.config import from_dict
-from shared_core.pretrained import save_pretrained
 from shared_core.text import TextEncoder
-from tests.threed.conftest import randomise
-from threed.prior import ShapeWorldPrior, ViewPriorModel, ViewsConfig, ViewsDataConfig, ViewsDataset
+from threed.prior import ShapeWorldPrior, ViewsDataConfig, ViewsDataset
 from threed.views import Camera, camera_rays, render_mesh, view_embedding, view_phrase
-
-TINY_VIEWS = {
-    "diffusion": {"schedule": "cosine", "prediction": "x0"},
-    "data": {"size": 16, "objects": 3, "views_per_object": 2, "max_text_length": 16},
-    "model": {"patch_size": 4, "hidden_size": 32, "depth": 1, "num_heads": 2, "camera_dim": 8},
-    "sample": {"steps": 2},
-}
 
 
 def test_camera_rays_look_at_the_origin_with_z_up():
@@ -81,11 +71,8 @@ def test_views_dataset_is_deterministic_with_relative_cameras():
 
 
 @pytest.fixture(scope="module")
-def tiny_prior(tmp_path_factory, text_encoder: TextEncoder) -> ShapeWorldPrior:
-    cfg = from_dict(ViewsConfig, TINY_VIEWS)
-    folder = tmp_path_factory.mktemp("views")
-    path = save_pretrained(randomise(ViewPriorModel(cfg)), cfg, folder / "v.safetensors", kind="views")
-    prior = ShapeWorldPrior.load(path)
+def tiny_prior(tiny_views_checkpoint, text_encoder: TextEncoder) -> ShapeWorldPrior:
+    prior = ShapeWorldPrior.load(tiny_views_checkpoint)
     prior.text = text_encoder
     return prior
 

@@ -1,0 +1,64 @@
+"""`extradim dream` end to end on a tiny random prior: the output folder, manifest, metrics, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import trimesh
+from PIL import Image
+
+from shared_core import __version__
+from shared_core.io import file_sha256
+
+
+def test_dream_writes_the_output_folder(cli, tiny_views_checkpoint: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "torus"
+    args = ["dream", "a red torus", "-o", str(out), "--steps", "4", "--preview-every", "2", "--seed", "1",
+            "--mesh-resolution", "32", "--turntable-frames", "4", "--turntable-size", "32"]  # fmt: skip
+    assert cli([*args, "--prior", str(tiny_views_checkpoint)]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"mesh.glb", "mesh.obj", "mesh.ply", "turntable.gif", "views.png", "preview.png"} <= names
+    assert {"metrics.json", "manifest.json"} <= names
+    assert not list(tmp_path.glob(".*partial"))  # the working folder was moved into place
+    mesh = trimesh.load(out / "mesh.glb", force="mesh")
+    assert len(mesh.faces) > 0
+    assert Image.open(out / "views.png").size == (4 * 32, 32)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["prompt"] == "a red torus" and m["seed"] == 1 and m["version"] == __version__
+    assert m["prior_sha256"] == file_sha256(tiny_views_checkpoint) and m["config"]["steps"] == 4
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 4 and set(metrics["per_step_ms"]) == {"render", "prior", "backward", "total"}
+    assert metrics["mesh"]["faces"] == len(mesh.faces) and metrics["peak_rss_mb"] > 0
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_dream_bad_input(cli, tiny_views_checkpoint: Path, tmp_path: Path, capsys) -> None:
+    prior = ["--prior", str(tiny_views_checkpoint)]
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("x")
+    corrupt = tmp_path / "bad.safetensors"
+    corrupt.write_bytes(b"\x00" * 16)
+    corrupt.with_suffix(".yaml").write_text(tiny_views_checkpoint.with_suffix(".yaml").read_text())
+    out = str(tmp_path / "new")
+    cases = [
+        ["dream", "   ", "-o", out, *prior],
+        ["dream", "-o", out, *prior],
+        ["dream", "a red torus", "-o", str(afile), *prior],
+        ["dream", "a red torus", "-o", str(full), *prior],
+        ["dream", "a red torus", "-o", str(tmp_path / "no" / "such" / "dir"), *prior],
+        ["dream", "a red torus", "-o", out, "--steps", "0", *prior],
+        ["dream", "a red torus", "-o", out, "--max-minutes", "0", *prior],
+        ["dream", "a red torus", "-o", out, "--mesh-resolution", "4", *prior],
+        ["dream", "a red torus", "-o", out, "--prior", str(tmp_path / "missing.safetensors")],
+        ["dream", "a red torus", "-o", out, "--prior", str(corrupt)],
+    ]
+    for args in cases:
+        assert cli(args) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("extradim: error:") and err.count("\n") == 1, (args, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "bad.safetensors", "bad.yaml", "full"]
+    assert [p.name for p in full.iterdir()] == ["keep.txt"]
