@@ -189,7 +189,7 @@ def run_dream(args: argparse.Namespace) -> int:
                 "components": components,
                 "threshold": level,
                 "extent": [round(float(e), 3) for e in mesh.extents],
-            },  # fmt: skip
+            },
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         }
         write_json(partial / "metrics.json", metrics)
@@ -210,7 +210,8 @@ def run_dream(args: argparse.Namespace) -> int:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     print(
-        f"wrote {out}/: mesh.glb/.obj/.ply, turntable, views.png, metrics.json ({n} steps, {metrics['seconds']} s)"
+        f"wrote {out}/: mesh.glb/.obj/.ply, turntable, views.png, metrics.json "
+        f"({n} steps, {metrics['seconds']} s)"
     )
     return 0
 
