@@ -38,7 +38,7 @@ from shared_core.train.loop import DiffusionObjective, Objective, RunConfig
 from shared_core.train.modality import Modality
 from threed.modality import all_captions, text_null_condition
 from threed.views import Camera, render_mesh, view_embedding
-from threed.world import SHAPES, ShapeWorld, _item_rng, ground_truth_mesh
+from threed.world import COLOURS, SHAPES, ShapeWorld, _item_rng, ground_truth_mesh
 
 __all__ = [
     "DEFAULT_VIEWS",
@@ -158,13 +158,15 @@ class ViewsDataset:
         self.images = torch.empty(n * v, 3, s, s, dtype=torch.uint8)
         self.cameras = torch.empty(n * v, 2)
         self.captions: list[str] = []
-        self.labels = torch.empty(n, dtype=torch.long)
+        self.labels = torch.empty(n, dtype=torch.long)  # per object: index into SHAPES
+        self.colours = torch.empty(n, dtype=torch.long)  # per object: index into COLOURS
         lo, hi = cfg.elevation
         for j in tqdm(range(n), desc="render views", disable=not progress, unit="object"):
             shape, colour, params, caption = world.describe([j])[0]
             mesh = ground_truth_mesh(shape, colour, params)
             self.captions.append(caption)
             self.labels[j] = SHAPES.index(shape)
+            self.colours[j] = list(COLOURS).index(colour)
             rng = _item_rng(cfg.seed + 1, j)
             for k in range(v):
                 # even azimuth coverage per object (stratified), random elevation; relative to the
