@@ -81,7 +81,7 @@ def sds_loss(
 ) -> SDSOutput:
     """A scalar with ``d loss / d x = grad_x / B`` (``grad_clip`` clamps grad_x elementwise first)."""
     grad, x0 = sds_gradient(denoiser, x, sigma, noise, weighting=weighting, **cond)
-    grad = torch.nan_to_num(grad)
+    grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
     if grad_clip is not None:
         grad = grad.clamp(-grad_clip, grad_clip)
     target = (x - grad).detach()
@@ -93,12 +93,16 @@ def sds_sigmas(
     schedule: Schedule, batch: int, generator: torch.Generator, t_range: tuple[float, float] = (0.02, 0.98)
 ) -> Tensor:
     """(batch,) VE noise levels at schedule times drawn uniformly from ``t_range`` (fractions of the
-    schedule's time axis, as DreamFusion's t ~ U[0.02, 0.98])."""
+    schedule's time axis, as DreamFusion's t ~ U[0.02, 0.98]). For a discrete schedule t is rounded
+    to a training step, so a network that sees integer steps is told the noise level it got."""
     lo, hi = t_range
     if not 0 <= lo < hi <= 1:
         raise ValueError(f"t_range must satisfy 0 <= lo < hi <= 1, got {t_range}")
     u = lo + (hi - lo) * rand((batch,), generator, dtype=torch.float64)
-    return schedule.sigma(u * _t_max(schedule))
+    t = u * _t_max(schedule)
+    if getattr(schedule, "discrete", False):
+        t = t.round()
+    return schedule.sigma(t)
 
 
 def _t_max(schedule: Schedule) -> float:

@@ -99,8 +99,22 @@ class DreamConfig:
             raise ValueError("need steps >= 1, max_minutes > 0 and views_per_step >= 1")
         if self.guidance < 1 or self.lr <= 0:
             raise ValueError("need guidance >= 1 and lr > 0")
-        if abs(sum(self.shading_probs) - 1) > 1e-6 or min(self.shading_probs) < 0:
+        if (
+            abs(sum(self.shading_probs) - 1) > 1e-6
+            or min(self.shading_probs) < 0
+            or len(self.shading_probs) != 3
+        ):
             raise ValueError("shading_probs must be three non-negative numbers summing to 1")
+        for name in ("t_range", "t_final"):
+            lo, hi = getattr(self, name)
+            if not 0 <= lo < hi <= 1:
+                raise ValueError(f"{name} must satisfy 0 <= lo < hi <= 1, got {(lo, hi)}")
+        if not -90 <= self.elevation[0] <= self.elevation[1] <= 90:
+            raise ValueError(f"elevation must be a range within [-90, 90], got {self.elevation}")
+        if self.weighting not in ("vp_variance", "uniform", "snr_inverse"):
+            raise ValueError(
+                f"unknown weighting {self.weighting!r}; valid: vp_variance, uniform, snr_inverse"
+            )
 
 
 @dataclass
@@ -158,9 +172,10 @@ def dream(
 ) -> DreamResult:
     """Optimise a NeRF for ``prompt``; noise, cameras, lights and shading come from ``seed`` (CPU)."""
     cfg = cfg or DreamConfig()
-    torch.manual_seed(seed)
-    nerf = GridField(cfg.nerf)
-    bg = Background()
+    with torch.random.fork_rng(devices=[]):  # the background MLP's init, without touching the caller's RNG
+        torch.manual_seed(seed)
+        nerf = GridField(cfg.nerf)
+        bg = Background()
     occ = OccupancyGrid(cfg.nerf)
     opt = torch.optim.Adam(
         [{"params": nerf.parameters(), "lr": cfg.lr}, {"params": bg.parameters(), "lr": cfg.background_lr}],
@@ -179,7 +194,10 @@ def dream(
             break
         if step % cfg.occupancy_every == 0:
             occ.update(nerf, g)
-        frac = step / max(cfg.steps - 1, 1)
+        # progress through the budget: steps, or wall time when max_minutes binds first
+        frac = min(
+            1.0, max(step / max(cfg.steps - 1, 1), (time.perf_counter() - start) / (60 * cfg.max_minutes))
+        )
         t_lo = cfg.t_range[0] + frac * (cfg.t_final[0] - cfg.t_range[0])
         t_hi = cfg.t_range[1] + frac * (cfg.t_final[1] - cfg.t_range[1])
 
@@ -252,8 +270,9 @@ def surface_threshold(field: GridField, distance: float = 3.2, fov: float = 45.0
 
     From 8 views around the object (four azimuths, two elevations) the rendered silhouette is the
     set of rays with opacity > 0.5; a level ``tau``'s silhouette is the set of rays that meet
-    density above ``tau``. The level is the one of 48 candidates (log-spaced from 1/1000 of the
-    peak density to the peak) with the best silhouette IoU summed over the views, so the mesh's
+    density above ``tau``. The level is the one of 47 candidates (log-spaced from 1/1000 of the
+    peak density up to, not including, the peak) with the best silhouette IoU summed over the
+    views, so the mesh's
     outline is the outline the renders show, whatever the field's density scale (a fixed
     threshold, as DreamFusion's, does not transfer between fields). Raises ``ValueError`` when no
     ray is opaque (an empty field)."""
@@ -305,6 +324,7 @@ def extract_mesh(field: GridField, resolution: int = 64, threshold: float | None
     parts = mesh.split(only_watertight=False)
     if len(parts) > 1:
         mesh = max(parts, key=lambda m: m.area)
+    mesh.metadata["components"] = len(parts)  # found; the largest (by area) is kept
     rgb = field.albedo(torch.from_numpy(np.asarray(mesh.vertices, dtype=np.float32))).numpy()
     colours = np.concatenate([rgb * 255, np.full((len(rgb), 1), 255.0)], 1).round().astype(np.uint8)
     mesh.visual.vertex_colors = colours

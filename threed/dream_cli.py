@@ -11,8 +11,9 @@ level whose silhouettes match the renders, vertex colours from the albedo, large
 (steps, per-step cost split, loss curve summary, mesh checks, peak RSS) and ``manifest.json``
 (prompt, seed, settings, prior and its sha256, version).
 
-Everything is written into ``.<out>.partial/`` beside ``out/`` and moved into place at the end, so
-an interrupted run leaves no half-written output folder. Bad input (empty prompt, an ``out`` that is
+Everything is written into a fresh hidden ``.<out>.XXXX.partial/`` folder beside ``out/`` and renamed
+onto ``out`` at the end (one step), so an interrupted or failed run leaves no half-written output
+folder, and two runs never share a working folder. Bad input (empty prompt, an ``out`` that is
 a file or a non-empty folder, an unwritable parent, budgets <= 0, a missing or corrupt prior) is
 one line and exit code 2 before any work.
 """
@@ -25,6 +26,7 @@ import os
 import resource
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +47,7 @@ OUTPUT_FILES = (
 
 
 def check_out_folder(out: str | Path) -> tuple[Path, Path]:
-    """``(out, partial)``: ``out`` must be absent or an empty folder in a writable parent."""
+    """``(out, parent)``: ``out`` must be absent or an empty folder in a writable parent."""
     p = Path(out)
     if p.exists() and not p.is_dir():
         raise ExtradimError(f"output {p} is a file; give a folder")
@@ -56,7 +58,7 @@ def check_out_folder(out: str | Path) -> tuple[Path, Path]:
         raise ExtradimError(f"folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise ExtradimError(f"folder {parent} is not writable")
-    return p, parent / f".{p.resolve().name}.partial"
+    return p, parent
 
 
 def load_prior(path: str | None) -> Any:
@@ -119,7 +121,7 @@ def run_dream(args: argparse.Namespace) -> int:
         raise ExtradimError(f"--mesh-resolution must be in 16..256, got {args.mesh_resolution}")
     if args.turntable_frames < 4 or not 16 <= args.turntable_size <= 512:
         raise ExtradimError("--turntable-frames must be >= 4 and --turntable-size in 16..512")
-    out, partial = check_out_folder(args.output)
+    out, parent = check_out_folder(args.output)
     try:
         cfg = DreamConfig(
             steps=args.steps or DreamConfig.steps, max_minutes=args.max_minutes,
@@ -139,9 +141,7 @@ def run_dream(args: argparse.Namespace) -> int:
         )
 
     # 3. Optimise, with a live preview in the partial folder.
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir()
+    partial = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.resolve().name}.", suffix=".partial"))
     try:
         print(f"live preview: {partial / 'preview.png'}", file=sys.stderr)
         s, d, f = prior.size, prior.distance, prior.fov
@@ -157,8 +157,11 @@ def run_dream(args: argparse.Namespace) -> int:
             raise ExtradimError(f"--max-minutes {args.max_minutes} ran out before the first step")
 
         # 4. Export: mesh in three formats, turntable, views, metrics, manifest.
-        level = surface_threshold(result.field, d, f, s)
-        mesh = extract_mesh(result.field, resolution=args.mesh_resolution, threshold=level)
+        try:
+            level = surface_threshold(result.field, d, f, s)
+            mesh = extract_mesh(result.field, resolution=args.mesh_resolution, threshold=level)
+        except ValueError as exc:  # an empty field: nothing was learned to mesh
+            raise ExtradimError(f"no object to export after {result.steps} steps ({exc})") from None
         for suffix in ("glb", "obj", "ply"):
             mesh.export(partial / f"mesh.{suffix}", file_type=suffix)
         frames = render_strip(
@@ -169,12 +172,14 @@ def run_dream(args: argparse.Namespace) -> int:
         try:
             iio.imwrite(partial / "turntable.mp4", np.stack(arr), fps=12, codec="libx264", macro_block_size=1)
         except Exception as exc:  # no ffmpeg: the GIF stands alone
-            print(f"extradim: warning: no turntable.mp4 ({str(exc).splitlines()[0]})", file=sys.stderr)
+            (partial / "turntable.mp4").unlink(missing_ok=True)
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+            print(f"extradim: warning: no turntable.mp4 ({reason})", file=sys.stderr)
         k = len(frames)
         _save_png(torch.cat([frames[i * k // 4] for i in range(4)], 2), partial / "views.png")
         n = result.steps
         hist = result.history
-        components = len(mesh.split(only_watertight=False))
+        components = int(mesh.metadata.get("components", 1))
         metrics = {
             "steps": n,
             "seconds": round(result.timings["total_s"], 2),
@@ -186,7 +191,7 @@ def run_dream(args: argparse.Namespace) -> int:
                 "watertight": bool(mesh.is_watertight),
                 "vertices": len(mesh.vertices),
                 "faces": len(mesh.faces),
-                "components": components,
+                "components_found": components,  # the largest is kept
                 "threshold": level,
                 "extent": [round(float(e), 3) for e in mesh.extents],
             },
@@ -203,12 +208,15 @@ def run_dream(args: argparse.Namespace) -> int:
             "config": result.summary()["config"], "version": _version(),
             "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         })  # fmt: skip
-        if out.is_dir():
-            out.rmdir()  # empty (checked above)
-        partial.rename(out)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    try:
+        os.rename(partial, out)  # onto an absent or empty folder: one step on POSIX
+    except OSError as exc:
+        raise ExtradimError(
+            f"could not move the results into {out} ({exc.strerror}); they are in {partial}"
+        ) from None
     print(
         f"wrote {out}/: mesh.glb/.obj/.ply, turntable, views.png, metrics.json "
         f"({n} steps, {metrics['seconds']} s)"

@@ -45,7 +45,7 @@ _VIEWS = [(az, el) for el in (15.0, 45.0) for az in (0.0, 90.0, 180.0, 270.0)]
 
 def mesh_cloud(mesh: Any, n: int = 2048, seed: int = 0) -> Tensor:
     """``(n, 6)`` surface samples of a coloured mesh, normalised like the world's clouds (bounding-box
-    centre at 0, max radius 1), rgb in [-1, 1] from the nearest vertex colour."""
+    centre at 0, max radius 1), rgb in [-1, 1] from a vertex of the sampled face."""
     import trimesh
 
     pts, face = trimesh.sample.sample_surface(mesh, n, seed=seed)

@@ -268,8 +268,12 @@ def render_rays_cuda(
     ambient: float = 0.3,
 ) -> RenderOutput:
     """The CUDA path: nerfacc's ``OccGridEstimator`` marches the rays (packed samples, early stop),
-    ``nerfacc.rendering`` composites. Same field, shading and background as ``render_rays``; the
-    caller keeps the estimator fresh with ``estimator.update_every_n_steps``."""
+    ``nerfacc.rendering`` composites. Same field, shading and background as ``render_rays``, and
+    depth in the same convention (not divided by opacity). Differences: ``weights`` are packed
+    ``(N,)``, ``normals`` are not returned (no orientation loss on this path), stratified jitter
+    comes from torch's global generator (nerfacc's), and a fresh estimator marks every cell empty
+    until the caller's first ``estimator.update_every_n_steps``. ``threed.dream`` uses
+    ``render_rays`` on every device; this path is for users who bring a GPU."""
     cfg = field.cfg
     R = origins.shape[0]
     step = 2 * math.sqrt(3) * cfg.bound / cfg.samples_per_ray

@@ -5,8 +5,8 @@
     extradim dream "a red torus" --prior path/to/stable-diffusion-folder
 
 SDS runs in the VAE's latent space, as in threestudio's ``stable-diffusion-guidance``: the render
-(at ``size`` = the UNet's sample size x the VAE's down-scaling) is encoded by the VAE encoder,
-differentiably, and the SDS direction is applied to the latents. The prompt gets DreamFusion's
+(at most 64x64, upsampled to the UNet's sample size x the VAE's down-scaling) is encoded by the
+VAE encoder, differentiably, and the SDS direction is applied to the latents. The prompt gets DreamFusion's
 view-dependent suffix (", front view" / ", side view" / ", back view" / ", overhead view") from
 each camera, since a plain text-to-image model has no camera input. The UNet sees integer
 timesteps (its scheduler's ``alphas_cumprod``; eps- or v-prediction as its config says).
@@ -47,7 +47,10 @@ class StableDiffusionPrior:
         self.prediction = _PREDICTIONS[pred]
         self.schedule = DiscreteSchedule.from_alphas_cumprod(pipe.scheduler.alphas_cumprod)
         self.vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-        self.size = int(pipe.unet.config.sample_size) * self.vae_scale
+        self.input_size = int(pipe.unet.config.sample_size) * self.vae_scale  # e.g. 512 for SD 1.5
+        # the NeRF renders at most 64x64 (a 512x512 render per view is far too slow on a CPU);
+        # ``latents`` upsamples to the VAE's input size, as threestudio does
+        self.size = min(64, self.input_size)
         self.scaling = float(pipe.vae.config.scaling_factor)
         self.name = f"stable-diffusion:{path.name if path else 'in-memory'}"
         self._cache: dict[str, Tensor] = {}
@@ -83,7 +86,12 @@ class StableDiffusionPrior:
         return prompt
 
     def latents(self, images: Tensor) -> Tensor:
-        """Renders ``(B, 3, size, size)`` in [-1, 1] -> scaled VAE latents (differentiable)."""
+        """Renders ``(B, 3, size, size)`` in [-1, 1] -> scaled VAE latents (differentiable), the
+        renders bilinearly upsampled to the VAE's input size first."""
+        if images.shape[-1] != self.input_size:
+            images = torch.nn.functional.interpolate(
+                images, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False
+            )
         return self.pipe.vae.encode(images).latent_dist.mean * self.scaling
 
     def decode(self, latents: Tensor) -> Tensor:

@@ -103,4 +103,12 @@ def test_config_checks():
         DreamConfig(max_minutes=0)
     with pytest.raises(ValueError):
         DreamConfig(shading_probs=(0.5, 0.5, 0.5))
+    for bad in (
+        {"t_range": (0.5, 0.2)},
+        {"t_final": (0.0, 1.5)},
+        {"elevation": (10, -10)},
+        {"weighting": "x"},
+    ):
+        with pytest.raises(ValueError):
+            DreamConfig(**bad)
     assert isinstance(DreamConfig(nerf={"grid_size": 16}).nerf, NeRFConfig)

@@ -62,7 +62,7 @@ def test_sd_prior_loads_and_gives_latent_sds(sd_folder: Path):
     from threed.dream_cli import load_prior
 
     prior = load_prior(str(sd_folder))
-    assert prior.size == 16 and prior.name.startswith("stable-diffusion")
+    assert prior.size == prior.input_size == 16 and prior.name.startswith("stable-diffusion")
     x = (torch.rand(2, 3, 16, 16) * 2 - 1).requires_grad_(True)
     z = prior.latents(x)
     assert z.shape == (2, 4, 8, 8)
