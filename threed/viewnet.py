@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from shared_core.pretrained import load_tagged, save_tagged
+from shared_core.pretrained import load_tagged, save_tagged, tagged_stats
 from threed.world import COLOURS, SHAPES
 
 __all__ = ["DEFAULT_VIEWNET", "ViewNet", "ViewNetConfig", "build_view_net", "load_view_net", "train_view_net"]
@@ -121,3 +121,11 @@ def build_view_net(path: str | os.PathLike[str] = DEFAULT_VIEWNET, cfg: ViewNetC
 
 def load_view_net(path: str | os.PathLike[str] = DEFAULT_VIEWNET) -> ViewNet:
     return load_tagged(path, _FORMAT, lambda c: ViewNet(ViewNetConfig(**c)), "view classifier")
+
+
+if __name__ == "__main__":  # python -m threed.viewnet: rebuild the shipped weights
+    import json
+
+    torch.set_num_threads(int(os.environ.get("EXTRADIM_NUM_THREADS", "1")))
+    out = build_view_net()
+    print(f"wrote {out}: {json.dumps(tagged_stats(out))}")
