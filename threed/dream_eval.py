@@ -36,7 +36,15 @@ from shared_core.errors import ExtradimError
 from shared_core.io import check_out_dir, write_json
 from threed.world import COLOURS, SHAPES, ShapeWorld, canonical_caption
 
-__all__ = ["QUALITY_BAR", "evaluate_dream", "mesh_cloud", "r_precision", "register", "view_consistency"]
+__all__ = [
+    "QUALITY_BAR",
+    "evaluate_dream",
+    "mesh_cloud",
+    "r_precision",
+    "register",
+    "summarise",
+    "view_consistency",
+]
 
 QUALITY_BAR = {"class_accuracy": 0.8, "colour_accuracy": 0.9, "watertight": 0.95, "r_precision_ratio": 0.7}
 COLOUR_NAMES = list(COLOURS)
@@ -126,9 +134,9 @@ def evaluate_dream(
     refs = {s: ShapeWorld(2048, seed=2_000_003, classes=[s]).sample(10, 0).points for s in SHAPES}
     ref_xyz = {s: r[:, :, :3] for s, r in refs.items()}
     rows, sheet = [], []
-    for k, shape in enumerate(classes):
+    for shape in classes:
         for seed in seeds:
-            colour = COLOUR_NAMES[(k + seed) % len(COLOUR_NAMES)]
+            colour = COLOUR_NAMES[(SHAPES.index(shape) + seed) % len(COLOUR_NAMES)]
             prompt = canonical_caption(colour, shape)
             t0 = time.perf_counter()
             result = dream(prior, prompt, cfg, seed=seed, progress=progress)
@@ -154,6 +162,16 @@ def evaluate_dream(
                            mesh_error=str(exc))  # fmt: skip
             rows.append(row)
             sheet.append(torch.cat([torch.cat(list(truth[:4]), 2), torch.cat(list(views[:4]), 2)], 2))
+    report = summarise(rows, prior.name, cfg)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _write_sheet(sheet, out_dir / "contact_sheet.png")
+        write_json(out_dir / "eval.json", report)
+    return report
+
+
+def summarise(rows: list[dict[str, Any]], prior_name: str, cfg: Any) -> dict[str, Any]:
+    """The report of per-object ``rows`` (also used to merge the rows of several runs)."""
     n = len(rows)
     r_gen = sum(r["r_precision_hit"] for r in rows) / n
     r_true = sum(r["r_precision_truth_hit"] for r in rows) / n
@@ -174,7 +192,7 @@ def evaluate_dream(
         "summary": summary,
         "quality_bar": {"thresholds": QUALITY_BAR, "checks": checks, "pass": all(checks.values())},
         "results": rows,
-        "prior": prior.name,
+        "prior": prior_name,
         "config": cfg.__dict__ if not hasattr(cfg, "__dataclass_fields__") else _asdict(cfg),
         "conventions": {
             "class": "mesh surface samples (2048, normalised) -> nearest of 10 reference clouds per class "
@@ -185,9 +203,6 @@ def evaluate_dream(
             "multi_view_flag": "fewer than 6 of 8 views agree with the majority shape",
         },
     }
-    if out_dir is not None:
-        _write_sheet(sheet, out_dir / "contact_sheet.png")
-        write_json(out_dir / "eval.json", report)
     return report
 
 
