@@ -8,7 +8,8 @@ prior's distance and field of view) with a random light and a random shading mod
 for the first ``albedo_steps``; afterwards albedo, Lambertian or textureless, as DreamFusion), and
 pushes the renders along the prior's SDS direction (``shared_core.distill``) at a noise level
 whose range is annealed from ``t_range`` to ``t_final``. Regularisers: the opacity entropy (fully
-opaque or empty rays), DreamFusion's orientation loss (no normals facing away from the camera in
+opaque or empty rays; its weight ramps linearly from ``entropy_start`` of the budget to the end),
+DreamFusion's orientation loss (no normals facing away from the camera in
 visible samples) and total variation of the density grid (smooth surfaces on a dense grid).
 
 Anything with the ``ImagePrior`` interface can be the prior: the shipped shape-world prior
@@ -75,7 +76,7 @@ class DreamConfig:
     views_per_step: int = 2
     lr: float = 0.05  # Adam on the density and albedo grids
     background_lr: float = 1e-3
-    guidance: float = 20.0  # CFG scale of the prior (DreamFusion: 100 with Imagen)
+    guidance: float = 20.0  # CFG scale of the prior (DreamFusion: 100 with Imagen; ours: see README)
     t_range: tuple[float, float] = (0.02, 0.98)  # initial range of diffusion times (fractions)
     t_final: tuple[float, float] = (0.02, 0.5)  # reached linearly at the last step
     weighting: str = "vp_variance"
@@ -84,7 +85,8 @@ class DreamConfig:
     albedo_steps: int = 100  # albedo-only shading first (DreamFusion's warm-up)
     shading_probs: tuple[float, float, float] = (0.3, 0.5, 0.2)  # albedo, lambertian, textureless
     ambient: float = 0.3
-    lambda_entropy: float = 1e-3
+    lambda_entropy: float = 1e-3  # opacity entropy (mean over rays; SDS sums over pixels)
+    entropy_start: float = 0.0  # fraction of the budget after which the entropy weight ramps linearly to full
     lambda_orient: float = 1e-2
     lambda_tv: float = 1e-2
     occupancy_every: int = 16
@@ -99,6 +101,8 @@ class DreamConfig:
             raise ValueError("need steps >= 1, max_minutes > 0 and views_per_step >= 1")
         if self.guidance < 1 or self.lr <= 0:
             raise ValueError("need guidance >= 1 and lr > 0")
+        if not 0 <= self.entropy_start < 1 or self.lambda_entropy < 0:
+            raise ValueError("need 0 <= entropy_start < 1 and lambda_entropy >= 0")
         if (
             abs(sum(self.shading_probs) - 1) > 1e-6
             or min(self.shading_probs) < 0
@@ -240,7 +244,8 @@ def dream(
         entropy = -(o * o.log() + (1 - o) * (1 - o).log()).mean()
         orient_loss = torch.stack(orient).mean() if orient else torch.zeros(())
         tv = _tv(nerf.density_grid)
-        loss = sds.loss + cfg.lambda_entropy * entropy + cfg.lambda_orient * orient_loss + cfg.lambda_tv * tv
+        ramp = min(1.0, max(0.0, (frac - cfg.entropy_start) / max(1.0 - cfg.entropy_start, 1e-6)))
+        loss = sds.loss + cfg.lambda_entropy * ramp * entropy + cfg.lambda_orient * orient_loss + cfg.lambda_tv * tv
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -239,7 +239,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("prompt", nargs="?", default=None, help="the description, e.g. 'a red torus'")
     p.add_argument("-o", "--output", default="dream", help="output folder (new or empty)")
-    p.add_argument("--steps", type=int, default=None, help=f"optimisation steps (default {600})")
+    p.add_argument("--steps", type=int, default=None, help="optimisation steps (default 600)")
     p.add_argument(
         "--max-minutes", type=float, default=5.0, help="wall-clock budget; stops early when reached"
     )

@@ -108,6 +108,8 @@ def test_config_checks():
         {"t_final": (0.0, 1.5)},
         {"elevation": (10, -10)},
         {"weighting": "x"},
+        {"entropy_start": 1.0},
+        {"lambda_entropy": -1.0},
     ):
         with pytest.raises(ValueError):
             DreamConfig(**bad)

@@ -62,3 +62,15 @@ def test_dream_bad_input(cli, tiny_views_checkpoint: Path, tmp_path: Path, capsy
         assert err.startswith("extradim: error:") and err.count("\n") == 1, (args, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "bad.safetensors", "bad.yaml", "full"]
     assert [p.name for p in full.iterdir()] == ["keep.txt"]
+
+
+def test_dream_help_states_the_config_defaults(cli, capsys) -> None:
+    from threed.dream import DreamConfig
+
+    try:
+        cli(["dream", "--help"])
+    except SystemExit:
+        pass
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"optimisation steps (default {DreamConfig.steps})" in text
+    assert f"CFG scale of the prior (default {DreamConfig.guidance:g})" in text
