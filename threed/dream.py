@@ -245,7 +245,8 @@ def dream(
         orient_loss = torch.stack(orient).mean() if orient else torch.zeros(())
         tv = _tv(nerf.density_grid)
         ramp = min(1.0, max(0.0, (frac - cfg.entropy_start) / max(1.0 - cfg.entropy_start, 1e-6)))
-        loss = sds.loss + cfg.lambda_entropy * ramp * entropy + cfg.lambda_orient * orient_loss + cfg.lambda_tv * tv
+        reg = cfg.lambda_entropy * ramp * entropy + cfg.lambda_orient * orient_loss + cfg.lambda_tv * tv
+        loss = sds.loss + reg
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
