@@ -5,9 +5,9 @@ few corrupted versions ``x`` of it — dimmed to half brightness, speckled (half
 dimmed to 30%, all black — this draws noise at three bands of diffusion time and reports, per
 guidance scale, the cosine between the SDS descent direction ``-grad_x`` and the direction back
 to the truth ``g - x`` (+1: SDS repairs the corruption; 0: it does not care; < 0: it makes it
-worse), and ``|x0_hat - g|``. This is what chose the dream defaults (guidance 3, no annealing of
-the time range towards small t): speckle is repaired at low guidance and not at guidance 20, and
-half-dim renders are pushed darker at small t at every guidance.
+worse), and ``|x0_hat - g|``. With the shipped prior, speckle is repaired well at guidance 1-3 and
+only weakly at 20, and half-dim renders are pushed darker at small t at every guidance — the
+reasons behind the "opaque" dream recipe the README reports (it did not beat the defaults).
 
     python benchmarks/probe_sds.py                       # the shipped views prior, "a red sphere"
     python benchmarks/probe_sds.py --shape torus --colour blue --guidance 1 3 20
@@ -70,12 +70,12 @@ def main() -> int:
         den = prior.denoiser(cond, cams, w)
         for name, img in corrupted.items():
             x = (img * 2 - 1)[None].expand(n, -1, -1, -1).contiguous()
+            back = target - x
             cells = []
             for lo, hi in BANDS:
                 sigma = sds_sigmas(prior.schedule, n, g, (lo, hi))
                 noise = torch.randn(x.shape, generator=g)
                 grad, x0 = sds_gradient(den, prior.latents(x), sigma, noise, weighting="vp_variance")
-                back = target - x
                 cos = float((-grad * back).sum() / (grad.norm() * back.norm()).clamp_min(1e-9))
                 cos = cos if back.abs().sum() > 0 else None  # the truth itself: no way back
                 err = float((x0 - target).abs().mean())
