@@ -52,7 +52,7 @@ def check_prompt(prompt: str) -> str:
         raise ExtradimError(f"a prompt must be a string, got {type(prompt).__name__}")
     text = " ".join(prompt.split())
     if not text:
-        raise ExtradimError("empty prompt: give a description, e.g. 'a red circle moving left'")
+        raise ExtradimError("empty prompt: give a description of what to generate")
     return text[:MAX_PROMPT_CHARS]
 
 
