@@ -198,10 +198,11 @@ def dream(
             break
         if step % cfg.occupancy_every == 0:
             occ.update(nerf, g)
-        # progress through the budget: steps, or wall time when max_minutes binds first
-        frac = min(
-            1.0, max(step / max(cfg.steps - 1, 1), (time.perf_counter() - start) / (60 * cfg.max_minutes))
-        )
+        # progress through the budget: steps, or wall time when max_minutes binds first. Time counts
+        # only from step 1 on: at step 0 its sliver would leak the wall clock into the first update
+        # (via the entropy ramp), and a run the step budget bounds must repeat exactly for its seed.
+        elapsed = time.perf_counter() - start if step else 0.0
+        frac = min(1.0, max(step / max(cfg.steps - 1, 1), elapsed / (60 * cfg.max_minutes)))
         t_lo = cfg.t_range[0] + frac * (cfg.t_final[0] - cfg.t_range[0])
         t_hi = cfg.t_range[1] + frac * (cfg.t_final[1] - cfg.t_range[1])
 
