@@ -38,9 +38,11 @@ from threed.nerf import Background, GridField, NeRFConfig, OccupancyGrid, aabb_i
 from threed.views import Camera, camera_rays
 
 __all__ = [
+    "MESH_VIEWS",
     "DreamConfig",
     "DreamResult",
     "ImagePrior",
+    "density_volume",
     "dream",
     "extract_mesh",
     "render_view",
@@ -271,33 +273,73 @@ def dream(
 # ----------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def surface_threshold(field: GridField, distance: float = 3.2, fov: float = 45.0, size: int = 32) -> float:
-    """The density level whose silhouettes match the rendered ones best.
+# Silhouette views for the mesh level: eight azimuths at four elevations, from just below the
+# equator to near overhead, so every side and the top constrain the outline.
+MESH_VIEWS = tuple((float(az), el) for el in (-5.0, 20.0, 45.0, 75.0) for az in range(0, 360, 45))
 
-    From 8 views around the object (four azimuths, two elevations) the rendered silhouette is the
-    set of rays with opacity > 0.5; a level ``tau``'s silhouette is the set of rays that meet
-    density above ``tau``. The level is the one of 47 candidates (log-spaced from 1/1000 of the
-    peak density up to, not including, the peak) with the best silhouette IoU summed over the
-    views, so the mesh's
-    outline is the outline the renders show, whatever the field's density scale (a fixed
-    threshold, as DreamFusion's, does not transfer between fields). Raises ``ValueError`` when no
-    ray is opaque (an empty field)."""
-    S = 2 * field.cfg.samples_per_ray
-    masks, peaks = [], []
-    for az in range(0, 360, 90):
-        for el in (15.0, 50.0):
-            o, d = camera_rays(Camera(az + el, el, distance, fov), size)
-            out = render_rays(field, o, d, samples=S)
-            t_near, t_far, _ = aabb_intersect(o, d, field.cfg.bound)
-            t = t_near[:, None] + (t_far - t_near).clamp_min(0)[:, None] * (torch.arange(S) + 0.5) / S
-            dens = field.density((o[:, None] + d[:, None] * t[..., None]).reshape(-1, 3)).reshape(-1, S)
-            masks.append(out.opacity > 0.5)
-            peaks.append(dens.amax(-1))
-    mask, peak = torch.cat(masks), torch.cat(peaks)
-    if not mask.any():
-        raise ValueError("the field is empty: no view sees an opaque ray")
+
+@torch.no_grad()
+def density_volume(field: GridField, resolution: int = 96, smooth: float = 0.05) -> Tensor:
+    """The field's density on a ``resolution^3`` lattice over the scene box, indexed ``[x, y, z]``,
+    Gaussian-smoothed with a standard deviation of ``smooth`` scene units (scipy; 0 = raw).
+
+    Smoothing is what turns the optimised field's speckled shell (voxel-scale noise around a
+    translucent surface) into one body before marching cubes; 0.05 units is two voxels of a 96^3
+    lattice over the default box, about 1.3 voxels of the 64^3 field grid."""
+    from scipy.ndimage import gaussian_filter
+
+    c = field.cfg
+    lin = torch.linspace(-c.bound, c.bound, resolution)
+    pts = torch.stack(torch.meshgrid(lin, lin, lin, indexing="ij"), -1).reshape(-1, 3)
+    dens = torch.cat([field.density(p) for p in pts.split(65536)]).reshape((resolution,) * 3)
+    if smooth > 0:
+        sigma = smooth / (2 * c.bound / (resolution - 1))
+        dens = torch.from_numpy(gaussian_filter(dens.numpy(), sigma, mode="constant", cval=0.0))
+    return dens
+
+
+@torch.no_grad()
+def surface_threshold(
+    field: GridField,
+    volume: Tensor | None = None,
+    distance: float = 3.2,
+    fov: float = 45.0,
+    size: int = 64,
+) -> float:
+    """The level of ``volume`` (default ``density_volume(field)``) whose silhouettes match the
+    rendered ones best.
+
+    From the 32 ``MESH_VIEWS`` the rendered silhouette is the set of rays whose opacity exceeds
+    Otsu's threshold of all the views' opacities (a fixed 0.5 fails on translucent fields, whose
+    opacity can stay below it everywhere); a level ``tau``'s silhouette is the set of rays along
+    which the volume rises above ``tau``. The level is the one of 47 candidates (log-spaced from
+    1/1000 of the volume's peak up to, not including, the peak) with the best silhouette IoU over
+    all views, so the mesh's outline is the outline the renders show, whatever the field's density
+    scale (a fixed threshold, as DreamFusion's, does not transfer between fields). Raises
+    ``ValueError`` when no ray reaches an opacity of 0.05 (an empty field)."""
+    import torch.nn.functional as F
+    from skimage.filters import threshold_otsu
+
+    c = field.cfg
+    vol = density_volume(field) if volume is None else volume
+    S = 2 * c.samples_per_ray
+    opacities, peaks = [], []
+    for az, el in MESH_VIEWS:
+        o, d = camera_rays(Camera(az, el, distance, fov), size)
+        opacities.append(render_rays(field, o, d, samples=S).opacity)
+        t_near, t_far, hit = aabb_intersect(o, d, c.bound)
+        t = t_near[:, None] + (t_far - t_near).clamp_min(0)[:, None] * (torch.arange(S) + 0.5) / S
+        pts = (o[:, None] + d[:, None] * t[..., None]) / c.bound  # (R, S, 3) in [-1, 1]
+        # grid_sample's (x, y, z) index (W, H, D); the volume is [x, y, z], so flip to (z, y, x)
+        along = F.grid_sample(vol[None, None], pts.flip(-1).reshape(1, -1, 1, 1, 3), align_corners=True)
+        peaks.append(along.reshape(-1, S).amax(-1) * hit)
+    opacity, peak = torch.cat(opacities), torch.cat(peaks)
+    if float(opacity.max()) < 0.05:
+        raise ValueError("the field is empty: no view sees a ray of opacity 0.05")
+    mask = opacity > float(threshold_otsu(opacity.numpy()))
     top = float(peak.max())
+    if top <= 0:
+        raise ValueError("the field is empty: nothing to mesh")
     levels = torch.logspace(math.log10(top * 1e-3), math.log10(top), 48)[:-1]
     inside = peak[None] > levels[:, None]  # (levels, rays)
     iou = (inside & mask).sum(-1) / (inside | mask).sum(-1).clamp_min(1)
@@ -305,26 +347,32 @@ def surface_threshold(field: GridField, distance: float = 3.2, fov: float = 45.0
 
 
 @torch.no_grad()
-def extract_mesh(field: GridField, resolution: int = 64, threshold: float | None = None) -> trimesh.Trimesh:
-    """Marching cubes on the density sampled on a ``resolution^3`` grid over the scene box, at
-    ``surface_threshold(field)`` (or ``threshold``), halved until some voxel exceeds it; vertex colours
-    from the albedo; the largest component kept. The grid is padded with empty space, so the
-    surface is closed (watertight) unless the object touches the box. Raises ``ValueError`` on an
-    empty field."""
+def extract_mesh(
+    field: GridField,
+    resolution: int = 96,
+    threshold: float | None = None,
+    smooth: float = 0.05,
+    distance: float = 3.2,
+    fov: float = 45.0,
+) -> trimesh.Trimesh:
+    """Marching cubes on the smoothed density (``density_volume``) at ``surface_threshold`` (seen
+    from cameras at ``distance`` with ``fov``, the prior's) or at ``threshold``, halved until some
+    voxel exceeds it; vertex colours from the albedo; the largest component kept. The lattice is
+    padded with empty space, so the surface is closed (watertight) unless the object touches the box.
+    Raises ``ValueError`` on an empty field."""
     from skimage.measure import marching_cubes
 
     c = field.cfg
-    level = surface_threshold(field) if threshold is None else float(threshold)
-    lin = torch.linspace(-c.bound, c.bound, resolution)
-    pts = torch.stack(torch.meshgrid(lin, lin, lin, indexing="ij"), -1).reshape(-1, 3)
-    dens = torch.cat([field.density(p) for p in pts.split(65536)]).reshape((resolution,) * 3).numpy()
+    vol = density_volume(field, resolution, smooth)
+    level = surface_threshold(field, vol, distance, fov) if threshold is None else float(threshold)
+    dens = vol.numpy()
     peak = float(dens.max())
     if peak <= 0:
         raise ValueError("the field is empty: nothing to mesh")
     while level >= peak:
         level /= 2
-    vol = np.pad(dens, 1, constant_values=0.0)
-    verts, faces, _, _ = marching_cubes(vol, level=level)
+    padded = np.pad(dens, 1, constant_values=0.0)
+    verts, faces, _, _ = marching_cubes(padded, level=level)
     step = 2 * c.bound / (resolution - 1)
     verts = (verts - 1) * step - c.bound
     mesh = trimesh.Trimesh(verts, faces[:, ::-1], process=True)  # outward normals (density falls outward)
@@ -332,6 +380,7 @@ def extract_mesh(field: GridField, resolution: int = 64, threshold: float | None
     if len(parts) > 1:
         mesh = max(parts, key=lambda m: m.area)
     mesh.metadata["components"] = len(parts)  # found; the largest (by area) is kept
+    mesh.metadata["threshold"] = level
     rgb = field.albedo(torch.from_numpy(np.asarray(mesh.vertices, dtype=np.float32))).numpy()
     colours = np.concatenate([rgb * 255, np.full((len(rgb), 1), 255.0)], 1).round().astype(np.uint8)
     mesh.visual.vertex_colors = colours

@@ -4,8 +4,8 @@
         [--guidance 20] [--prior CKPT_OR_DIFFUSERS_DIR] [--preview-every 50]
         [--mesh-resolution 96] [--turntable-frames 36] [--turntable-size 96]
 
-Writes into ``out/``: ``mesh.glb``, ``mesh.obj``, ``mesh.ply`` (marching cubes on the density at the
-level whose silhouettes match the renders, vertex colours from the albedo, largest component),
+Writes into ``out/``: ``mesh.glb``, ``mesh.obj``, ``mesh.ply`` (marching cubes on the smoothed density
+at the level whose silhouettes match the renders, vertex colours from the albedo, largest component),
 ``turntable.gif`` (and ``turntable.mp4`` when ffmpeg is available), ``views.png`` (four views),
 ``preview.png`` (refreshed every ``--preview-every`` steps while optimising), ``metrics.json``
 (steps, per-step cost split, loss curve summary, mesh checks, peak RSS) and ``manifest.json``
@@ -104,7 +104,7 @@ def run_dream(args: argparse.Namespace) -> int:
     import torch
 
     from shared_core.io import file_sha256, write_json
-    from threed.dream import DreamConfig, dream, extract_mesh, surface_threshold
+    from threed.dream import DreamConfig, dream, extract_mesh
     from threed.world import parse_caption
 
     # 1. Inputs, before any model is loaded.
@@ -144,7 +144,7 @@ def run_dream(args: argparse.Namespace) -> int:
     partial = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.resolve().name}.", suffix=".partial"))
     try:
         print(f"live preview: {partial / 'preview.png'}", file=sys.stderr)
-        s, d, f = prior.size, prior.distance, prior.fov
+        d, f = prior.distance, prior.fov
 
         def preview(step: int, field: Any, bg: Any) -> None:
             _save_png(torch.cat(render_strip(field, bg, 4, 64, d, f), 2), partial / "preview.png")
@@ -158,8 +158,7 @@ def run_dream(args: argparse.Namespace) -> int:
 
         # 4. Export: mesh in three formats, turntable, views, metrics, manifest.
         try:
-            level = surface_threshold(result.field, d, f, s)
-            mesh = extract_mesh(result.field, resolution=args.mesh_resolution, threshold=level)
+            mesh = extract_mesh(result.field, resolution=args.mesh_resolution, distance=d, fov=f)
         except ValueError as exc:  # an empty field: nothing was learned to mesh
             raise ExtradimError(f"no object to export after {result.steps} steps ({exc})") from None
         for suffix in ("glb", "obj", "ply"):
@@ -192,7 +191,7 @@ def run_dream(args: argparse.Namespace) -> int:
                 "vertices": len(mesh.vertices),
                 "faces": len(mesh.faces),
                 "components_found": components,  # the largest is kept
-                "threshold": level,
+                "threshold": mesh.metadata["threshold"],
                 "extent": [round(float(e), 3) for e in mesh.extents],
             },
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

@@ -151,7 +151,7 @@ def evaluate_dream(
             row["views_agreeing"], row["view_majority_shape"] = agree, majority
             row["multi_view_flag"] = agree < 6
             try:
-                mesh = extract_mesh(result.field, resolution=96)
+                mesh = extract_mesh(result.field, resolution=96, distance=prior.distance, fov=prior.fov)
                 cloud = mesh_cloud(mesh)
                 row["mesh_class"] = nearest_class(cloud[None, :, :3], ref_xyz)[0]
                 row["chamfer_to_prompted"] = float(pairwise_chamfer(cloud[None, :, :3], ref_xyz[shape]).min())

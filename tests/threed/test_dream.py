@@ -7,8 +7,8 @@ import trimesh
 
 from shared_core.schedules import get_schedule
 from threed.dream import DreamConfig, dream, extract_mesh, surface_threshold
-from threed.nerf import GridField, NeRFConfig
-from threed.views import Camera, render_mesh
+from threed.nerf import GridField, NeRFConfig, render_rays
+from threed.views import Camera, camera_rays, render_mesh
 
 
 class OraclePrior:
@@ -114,3 +114,39 @@ def test_config_checks():
         with pytest.raises(ValueError):
             DreamConfig(**bad)
     assert isinstance(DreamConfig(nerf={"grid_size": 16}).nerf, NeRFConfig)
+
+
+def _ball_field(density_inside: float, radius: float = 0.6, grid: int = 32, noise: float = 0.0) -> GridField:
+    """A field whose density is ``density_inside`` within ``radius`` (optionally speckled: each
+    voxel dropped with probability ``noise``) and ~0 outside."""
+    cfg = NeRFConfig(grid_size=grid, blob_density=0.0)
+    c = torch.linspace(-cfg.bound, cfg.bound, grid)
+    z, y, x = torch.meshgrid(c, c, c, indexing="ij")
+    inside = ((x**2 + y**2 + z**2).sqrt() < radius).float()
+    if noise:
+        inside = inside * (torch.rand(inside.shape, generator=torch.Generator().manual_seed(0)) > noise)
+    f = GridField(cfg)
+    raw = torch.log(torch.expm1(torch.tensor(density_inside)))  # softplus^-1
+    with torch.no_grad():
+        f.density_grid[0, 0] = torch.where(inside > 0, raw + cfg.density_shift, torch.tensor(-20.0))
+    return f
+
+
+def test_a_translucent_field_is_meshed_at_its_outline():
+    # opacity through the centre is 1 - exp(-0.3 * 1.2) ~ 0.3: below 0.5 on every ray
+    f = _ball_field(0.3)
+    o, d = camera_rays(Camera(0.0, 20.0), 32)
+    with torch.no_grad():
+        assert float(render_rays(f, o, d, samples=64).opacity.max()) < 0.5
+    mesh = extract_mesh(f, resolution=48)
+    assert mesh.is_watertight
+    assert abs(np.median(np.linalg.norm(mesh.vertices, axis=1)) - 0.6) < 0.1
+
+
+def test_smoothing_joins_a_speckled_field_into_one_body():
+    f = _ball_field(5.0, grid=64, noise=0.3)  # 30% of the voxels inside the ball knocked out
+    raw = extract_mesh(f, resolution=64, smooth=0.0)
+    smooth = extract_mesh(f, resolution=64)
+    assert raw.metadata["components"] > 10  # unsmoothed: speckle, of which only the largest is kept
+    assert smooth.metadata["components"] <= 2 and smooth.is_watertight
+    assert abs(np.median(np.linalg.norm(smooth.vertices, axis=1)) - 0.6) < 0.1
