@@ -308,6 +308,12 @@ class VideoModality(Modality):
         self._model = model
         return model
 
+    def build_model_to_resume(self, cfg: VideoConfig) -> LatentVideoModel:
+        """The model without stage 1: the checkpoint being resumed holds the trained autoencoder."""
+        self._model = LatentVideoModel(cfg)
+        _log("resuming: the autoencoder comes from the checkpoint (not retrained)")
+        return self._model
+
     def build_dataset(self, cfg: VideoConfig) -> ShapesClipDataset:
         start = time.perf_counter()
         world = make_world(cfg.data)

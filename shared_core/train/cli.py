@@ -76,7 +76,7 @@ def run_train(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / modality.name / (args.config.stem if args.config else "default")
     info = init_distributed()
     try:
-        trainer = build_trainer(modality, cfg, out, dist_info=info)
+        trainer = build_trainer(modality, cfg, out, dist_info=info, resume=args.resume)
         summary: dict[str, Any] = {"run_dir": str(out), **trainer.fit(resume=args.resume)}
         if not args.no_eval:
             result = modality.evaluate(trainer.ema.module, cfg, out_dir=out, dist_info=info)

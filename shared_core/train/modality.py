@@ -21,6 +21,7 @@ from torch import nn
 
 from shared_core.config import apply_overrides, from_dict, from_yaml
 from shared_core.errors import ExtradimError
+from shared_core.train.checkpoint import latest_checkpoint
 from shared_core.train.distributed import DistInfo
 from shared_core.train.loop import (
     Augment,
@@ -65,6 +66,14 @@ class Modality:
 
     def build_model(self, cfg: Any) -> nn.Module:
         raise NotImplementedError
+
+    def build_model_to_resume(self, cfg: Any) -> nn.Module:
+        """The model a checkpoint is about to overwrite (``--resume`` with a checkpoint present).
+
+        Defaults to ``build_model``. Override it to skip work whose result the checkpoint holds
+        anyway, e.g. a frozen first stage trained inside ``build_model``.
+        """
+        return self.build_model(cfg)
 
     def build_objective(self, cfg: Any, model: nn.Module) -> Objective:
         return DiffusionObjective.from_config(cfg.diffusion)
@@ -138,11 +147,21 @@ def get_modality(name: str) -> Modality:
 
 
 def build_trainer(
-    modality: Modality, cfg: RunConfig, out_dir: str | os.PathLike[str], *, dist_info: DistInfo | None = None
+    modality: Modality,
+    cfg: RunConfig,
+    out_dir: str | os.PathLike[str],
+    *,
+    dist_info: DistInfo | None = None,
+    resume: bool = False,
 ) -> Trainer:
-    """Seed, build the modality's dataset, model, objective and augmentation, and wrap a ``Trainer``."""
+    """Seed, build the modality's dataset, model, objective and augmentation, and wrap a ``Trainer``.
+
+    With ``resume`` and a checkpoint in ``out_dir``, the model comes from ``build_model_to_resume``
+    (its weights are about to be loaded from that checkpoint).
+    """
     seed_everything(cfg.train.seed)
-    model = modality.build_model(cfg)
+    resuming = resume and latest_checkpoint(Path(out_dir) / "checkpoints") is not None
+    model = modality.build_model_to_resume(cfg) if resuming else modality.build_model(cfg)
     dataset = modality.build_dataset(cfg)
     objective = modality.build_objective(cfg, model)
     augment = modality.build_augment(cfg)

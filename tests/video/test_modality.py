@@ -160,3 +160,39 @@ def test_train_video_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert summary["step"] == 2
     assert set(summary["eval"]) == {"seen", "held_out"}
     assert (tmp_path / "run" / "checkpoints" / "step_00000002" / "ema.safetensors").is_file()
+
+
+def test_resume_takes_the_autoencoder_from_the_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--resume` does not retrain stage 1, and a run resumed from step 2 ends as the straight run."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from shared_core.cli import main
+    from video import modality as video_modality
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(
+        "train: {steps: 3, batch_size: 2, log: {every: 1, progress: false},"
+        " checkpoint: {every: 1, keep_last: 5}}\n"
+        "diffusion: {schedule: cosine, prediction: x0}\n"
+        "data: {captions_per_combo: 1}\n"
+        "autoencoder: {width: 16, steps: 2, batch_size: 8}\n"
+        "model: {hidden_size: 32, depth: 1, num_heads: 2, attention: factorised}\n"
+    )
+    args = ["train", "video", "--config", str(cfg), "--no-eval"]
+    assert main([*args, "--out", str(tmp_path / "straight")]) == 0
+    shutil.copytree(tmp_path / "straight", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "step_00000003")  # as if killed after step 2
+
+    def no_stage_one(*a: object, **k: object) -> None:
+        raise AssertionError("the autoencoder was retrained on resume")
+
+    monkeypatch.setattr(video_modality, "train_autoencoder", no_stage_one)
+    assert main([*args, "--out", str(tmp_path / "resumed"), "--resume"]) == 0
+    a = load_file(tmp_path / "straight" / "checkpoints" / "step_00000003" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "checkpoints" / "step_00000003" / "model.safetensors")
+    assert a.keys() == b.keys() and any(k.startswith("ae.") for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
