@@ -9,9 +9,15 @@ range), Lambertian-shaded under a random light, on a black background.
 
 The model is the shared DiT on image patches (32x32 RGB, 4x4 patches: 64 tokens), cross-attending
 to the text encoder's token states; the pooled text vector and a learned embedding of the camera
-(cos/sin of azimuth and elevation) drive adaLN-Zero. Text is dropped for classifier-free guidance;
-the camera never is, so the unconditional branch is view-aware too (as in Zero-1-to-3), and score
-distillation's guidance direction carries the text alone.
+(cos/sin of ``k`` times the azimuth for ``k = 1..model.camera_harmonics``, and of the elevation)
+drive adaLN-Zero, and with ``model.camera_token`` the camera embedding is also one more
+cross-attention token, which each patch weighs on its own. Text is dropped for classifier-free
+guidance; the camera never is, so the unconditional branch is view-aware too (as in Zero-1-to-3).
+
+A first prior (adaLN camera only, harmonics 1, shapes drawn uniformly) learned to ignore the camera
+(``benchmarks/probe_prior_views.py``) and score distillation turned every shape into a surface of
+revolution; the shipped recipe adds the harmonics, the camera token and ``data.classes`` drawing the
+four yaw-dependent shapes (cube, mug, dumbbell, table) twice as often.
 
 The renders are made once when training starts (objects x views_per_object, a few minutes on one
 core) and kept as uint8; item ``i`` is view ``i % views_per_object`` of object ``i // views``.
@@ -67,9 +73,17 @@ class ViewsDataConfig:
     seed: int = 0
     text_encoder: str = DEFAULT_ENCODER
     max_text_length: int = 16
+    # shapes drawn uniformly from this list (None: all); repeat a name to draw it more often, e.g. the
+    # shapes whose look depends on the azimuth, from which alone the prior learns the camera
+    classes: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "elevation", tuple(float(e) for e in self.elevation))
+        if self.classes is not None:
+            object.__setattr__(self, "classes", tuple(self.classes))
+            bad = [c for c in self.classes if c not in SHAPES]
+            if bad or not self.classes:
+                raise ValueError(f"unknown or no classes: {bad}; valid: {', '.join(SHAPES)}")
         if self.size < 8 or self.size % 4 or self.objects < 1 or self.views_per_object < 1:
             raise ValueError("need size >= 8 divisible by 4, objects >= 1 and views_per_object >= 1")
         lo, hi = self.elevation
@@ -88,6 +102,12 @@ class ViewsModelConfig:
     mlp_ratio: float = 4.0
     text_dim: int = 384
     camera_dim: int = 64  # width of the learned camera embedding joined to the pooled text vector
+    camera_harmonics: int = 1  # azimuth features cos/sin(k az), k = 1..camera_harmonics
+    camera_token: bool = False  # also hand the camera embedding to cross-attention as one more token
+
+    def __post_init__(self) -> None:
+        if self.camera_harmonics < 1 or self.camera_dim < 1:
+            raise ValueError("need camera_harmonics >= 1 and camera_dim >= 1")
 
 
 @dataclass(frozen=True)
@@ -115,9 +135,15 @@ class ViewPriorModel(nn.Module):
     def __init__(self, cfg: ViewsConfig) -> None:
         super().__init__()
         m = cfg.model
+        self.harmonics = m.camera_harmonics
         self.camera_embed = nn.Sequential(
-            nn.Linear(4, m.camera_dim), nn.SiLU(), nn.Linear(m.camera_dim, m.camera_dim)
+            nn.Linear(2 * m.camera_harmonics + 2, m.camera_dim),
+            nn.SiLU(),
+            nn.Linear(m.camera_dim, m.camera_dim),
         )
+        # a token every image patch can attend to with its own weight: camera effects that differ
+        # across the image (where a dumbbell's bar lies) need not pass through global adaLN alone
+        self.camera_token = nn.Linear(m.camera_dim, m.text_dim) if m.camera_token else None
         self.dit = DiT(
             DiTConfig(
                 in_channels=3,
@@ -134,7 +160,10 @@ class ViewPriorModel(nn.Module):
     def forward(
         self, x: Tensor, t: Tensor, *, context: Tensor, context_mask: Tensor, pooled: Tensor, camera: Tensor
     ) -> Tensor:
-        cam = self.camera_embed(view_embedding(camera[:, 0], camera[:, 1]).to(x.dtype))
+        cam = self.camera_embed(view_embedding(camera[:, 0], camera[:, 1], self.harmonics).to(x.dtype))
+        if self.camera_token is not None:
+            context = torch.cat([context, self.camera_token(cam)[:, None].to(context.dtype)], 1)
+            context_mask = torch.cat([context_mask, context_mask.new_ones(len(x), 1)], 1)
         return self.dit(x, t, context=context, context_mask=context_mask, pooled=torch.cat([pooled, cam], -1))
 
 
@@ -153,7 +182,7 @@ class ViewsDataset:
 
     def __init__(self, cfg: ViewsDataConfig, bank: EmbeddingBank | None, *, progress: bool = True) -> None:
         self.cfg, self.bank = cfg, bank
-        world = ShapeWorld(num_points=1, seed=cfg.seed)
+        world = ShapeWorld(num_points=1, seed=cfg.seed, classes=cfg.classes)
         n, v, s = cfg.objects, cfg.views_per_object, cfg.size
         self.images = torch.empty(n * v, 3, s, s, dtype=torch.uint8)
         self.cameras = torch.empty(n * v, 2)

@@ -109,10 +109,17 @@ def render_mesh(
     return RenderedView(img, mask[0])
 
 
-def view_embedding(azimuth: Tensor, elevation: Tensor) -> Tensor:
-    """``(B, 4)`` camera features: (cos az, sin az, cos el, sin el), angles in degrees."""
+def view_embedding(azimuth: Tensor, elevation: Tensor, harmonics: int = 1) -> Tensor:
+    """``(B, 2 * harmonics + 2)`` camera features, angles in degrees: ``cos(k az), sin(k az)`` for
+    ``k = 1..harmonics``, then ``cos el, sin el``. Higher harmonics hand the network the symmetries of
+    the shapes directly (a cube repeats every 90 degrees of azimuth, a dumbbell every 180)."""
+    if harmonics < 1:
+        raise ValueError(f"harmonics must be >= 1, got {harmonics}")
     az, el = torch.deg2rad(azimuth.float()), torch.deg2rad(elevation.float())
-    return torch.stack([az.cos(), az.sin(), el.cos(), el.sin()], dim=-1)
+    feats = []
+    for k in range(1, harmonics + 1):
+        feats += [(k * az).cos(), (k * az).sin()]
+    return torch.stack([*feats, el.cos(), el.sin()], dim=-1)
 
 
 def view_phrase(azimuth: float, elevation: float) -> str:

@@ -51,6 +51,11 @@ def test_view_phrases_and_embedding():
     torch.testing.assert_close(
         e, torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0]]), atol=1e-6, rtol=0
     )
+    # harmonics: cos/sin(k az) for k = 1, 2, then elevation
+    e2 = view_embedding(torch.tensor([90.0]), torch.tensor([0.0]), harmonics=2)
+    torch.testing.assert_close(e2, torch.tensor([[0.0, 1.0, -1.0, 0.0, 1.0, 0.0]]), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError):
+        view_embedding(torch.tensor([0.0]), torch.tensor([0.0]), harmonics=0)
 
 
 def test_views_dataset_is_deterministic_with_relative_cameras():
@@ -68,6 +73,40 @@ def test_views_dataset_is_deterministic_with_relative_cameras():
     assert a.images.float().std() > 0
     with pytest.raises(ValueError):
         ViewsDataConfig(size=10)
+
+
+def test_views_dataset_draws_only_the_configured_classes():
+    from threed.world import SHAPES
+
+    cfg = ViewsDataConfig(size=8, objects=6, views_per_object=1, supersample=1, classes=["dumbbell", "mug"])
+    data = ViewsDataset(cfg, None, progress=False)
+    assert {SHAPES[i] for i in data.labels.tolist()} <= {"dumbbell", "mug"}
+    with pytest.raises(ValueError, match="unknown or no classes"):
+        ViewsDataConfig(classes=["teapot"])
+
+
+def test_camera_token_reaches_cross_attention(monkeypatch):
+    from threed.prior import ViewPriorModel, ViewsConfig, ViewsModelConfig
+
+    cfg = ViewsConfig(
+        data=ViewsDataConfig(size=8),
+        model=ViewsModelConfig(hidden_size=16, depth=1, num_heads=2, text_dim=8, camera_dim=4,
+                               camera_harmonics=3, camera_token=True),
+    )  # fmt: skip
+    model = ViewPriorModel(cfg)
+    seen = {}
+
+    def spy(x, t, *, context, context_mask, pooled):
+        seen.update(context=context, mask=context_mask)
+        return x
+
+    monkeypatch.setattr(model.dit, "forward", spy)
+    cams = torch.tensor([[0.0, 10.0], [90.0, 10.0]])
+    null = {"context": torch.zeros(2, 5, 8), "context_mask": torch.zeros(2, 5, dtype=torch.bool)}
+    model(torch.zeros(2, 3, 8, 8), torch.zeros(2), pooled=torch.zeros(2, 8), camera=cams, **null)
+    # one more token, always attended (even under CFG's empty text), different for the two cameras
+    assert seen["context"].shape == (2, 6, 8) and seen["mask"][:, -1].all() and not seen["mask"][:, :5].any()
+    assert not torch.allclose(seen["context"][0, -1], seen["context"][1, -1])
 
 
 @pytest.fixture(scope="module")
