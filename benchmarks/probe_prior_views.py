@@ -11,10 +11,12 @@ under two conditions:
 - the ground-truth view difference ``|g(0) - g(90)|^2``, what a view-aware prior approaches at
   large t, where the image says little and the condition says everything.
 
-With the shipped prior the camera effect is 3e-7 to 2e-5 against a text effect of 1e-2 to 9e-2
-and a view difference of 2e-2 to 0.15: the prior ignores the camera, so SDS sees the same object from every
-side and the NeRF comes out a surface of revolution (why cubes, dumbbells, tables and mugs fail
-the dream class check).
+The first shipped prior (adaLN camera only) scored a camera effect of 3e-7 to 2e-5 against a text
+effect of 1e-2 to 9e-2 and a view difference of 2e-2 to 0.15: it ignored the camera, SDS saw the
+same object from every side and the NeRF came out a surface of revolution. The current one (azimuth
+harmonics, the camera as a cross-attention token, yaw-dependent shapes drawn twice as often)
+reaches 4e-3 to 6.5e-2 at t = 0.9 for dumbbell, mug and table (model card:
+``checkpoints/threed/README.md``).
 
     python benchmarks/probe_prior_views.py               # the shipped views prior
 

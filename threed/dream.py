@@ -305,9 +305,11 @@ def surface_threshold(
     distance: float = 3.2,
     fov: float = 45.0,
     size: int = 64,
+    slack: float = 0.0,
 ) -> float:
     """The level of ``volume`` (default ``density_volume(field)``) whose silhouettes match the
-    rendered ones best.
+    rendered ones best; with ``slack``, the lowest level whose silhouette IoU is within ``slack`` of
+    the best (a fuller surface among near-ties: faint thin parts stay attached to the body).
 
     From the 32 ``MESH_VIEWS`` the rendered silhouette is the set of rays whose opacity exceeds
     Otsu's threshold of all the views' opacities (a fixed 0.5 fails on translucent fields, whose
@@ -343,7 +345,8 @@ def surface_threshold(
     levels = torch.logspace(math.log10(top * 1e-3), math.log10(top), 48)[:-1]
     inside = peak[None] > levels[:, None]  # (levels, rays)
     iou = (inside & mask).sum(-1) / (inside | mask).sum(-1).clamp_min(1)
-    return float(levels[int(iou.argmax())])
+    ok = (iou >= iou.max() - slack).nonzero()
+    return float(levels[int(ok.min())])
 
 
 @torch.no_grad()
@@ -354,9 +357,11 @@ def extract_mesh(
     smooth: float = 0.05,
     distance: float = 3.2,
     fov: float = 45.0,
+    slack: float = 0.01,
 ) -> trimesh.Trimesh:
     """Marching cubes on the smoothed density (``density_volume``) at ``surface_threshold`` (seen
-    from cameras at ``distance`` with ``fov``, the prior's) or at ``threshold``, halved until some
+    from cameras at ``distance`` with ``fov``, the prior's; the lowest level within ``slack`` of
+    the best silhouette IoU, which keeps a faint mug handle attached) or at ``threshold``, halved until some
     voxel exceeds it; vertex colours from the albedo; the largest component kept. The lattice is
     padded with empty space, so the surface is closed (watertight) unless the object touches the box.
     Raises ``ValueError`` on an empty field."""
@@ -364,7 +369,9 @@ def extract_mesh(
 
     c = field.cfg
     vol = density_volume(field, resolution, smooth)
-    level = surface_threshold(field, vol, distance, fov) if threshold is None else float(threshold)
+    level = (
+        surface_threshold(field, vol, distance, fov, slack=slack) if threshold is None else float(threshold)
+    )
     dens = vol.numpy()
     peak = float(dens.max())
     if peak <= 0:

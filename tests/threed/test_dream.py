@@ -6,7 +6,7 @@ import torch
 import trimesh
 
 from shared_core.schedules import get_schedule
-from threed.dream import DreamConfig, dream, extract_mesh, surface_threshold
+from threed.dream import DreamConfig, density_volume, dream, extract_mesh, surface_threshold
 from threed.nerf import GridField, NeRFConfig, render_rays
 from threed.views import Camera, camera_rays, render_mesh
 
@@ -88,6 +88,12 @@ def test_surface_threshold_follows_the_field_scale():
         med = np.median(np.linalg.norm(mesh.vertices, axis=1))
         assert 0.45 < med < 0.75, med
     assert levels[1] > 1.3 * levels[0]  # a denser field gets a higher level
+    # slack: the lowest level within `slack` of the best IoU, so never above the best level;
+    # a slack of 1 admits every candidate, down to the lowest (1/1000 of the peak along the rays)
+    vol = density_volume(f)
+    assert surface_threshold(f, vol, slack=0.0) == levels[1]
+    assert surface_threshold(f, vol, slack=0.05) <= levels[1]
+    assert surface_threshold(f, vol, slack=1.0) < 0.1 * levels[1]
 
 
 def test_empty_field_cannot_be_meshed():
