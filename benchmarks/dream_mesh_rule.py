@@ -42,13 +42,13 @@ def main() -> int:
 
     from threed.dream import DreamConfig, dream, extract_mesh
     from threed.dream_cli import load_prior
-    from threed.dream_eval import COLOUR_NAMES, mesh_cloud
+    from threed.dream_eval import eval_prompt, mesh_cloud, reference_clouds
     from threed.evaluate import nearest_class
     from threed.nerf import GridField
-    from threed.world import SHAPES, ShapeWorld, canonical_caption
+    from threed.world import SHAPES
 
     cfg = DreamConfig() if args.steps is None else DreamConfig(steps=args.steps)
-    refs = {s: ShapeWorld(2048, seed=2_000_003, classes=[s]).sample(10, 0).points[:, :, :3] for s in SHAPES}
+    refs = {s: r[:, :, :3] for s, r in reference_clouds().items()}
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     prior = None
@@ -58,9 +58,8 @@ def main() -> int:
             path = cache / f"{shape}_{seed}.safetensors"
             if not path.is_file():
                 prior = prior or load_prior(None)
-                colour = COLOUR_NAMES[(SHAPES.index(shape) + seed) % len(COLOUR_NAMES)]
                 t0 = time.perf_counter()
-                result = dream(prior, canonical_caption(colour, shape), cfg, seed=seed, progress=False)
+                result = dream(prior, eval_prompt(shape, seed)[1], cfg, seed=seed, progress=False)
                 state = {k: v.detach().contiguous() for k, v in result.field.state_dict().items()}
                 save_file(state, str(path))
                 print(f"distilled {shape} seed {seed} in {time.perf_counter() - t0:.0f} s", flush=True)

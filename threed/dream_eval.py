@@ -38,9 +38,11 @@ from threed.world import COLOURS, SHAPES, ShapeWorld, canonical_caption
 
 __all__ = [
     "QUALITY_BAR",
+    "eval_prompt",
     "evaluate_dream",
     "mesh_cloud",
     "r_precision",
+    "reference_clouds",
     "register",
     "summarise",
     "view_consistency",
@@ -49,6 +51,17 @@ __all__ = [
 QUALITY_BAR = {"class_accuracy": 0.8, "colour_accuracy": 0.9, "watertight": 0.95, "r_precision_ratio": 0.7}
 COLOUR_NAMES = list(COLOURS)
 _VIEWS = [(az, el) for el in (15.0, 45.0) for az in (0.0, 90.0, 180.0, 270.0)]
+
+
+def eval_prompt(shape: str, seed: int) -> tuple[str, str]:
+    """``(colour, prompt)`` of the eval's object for ``shape`` and ``seed`` (the colour turns with both)."""
+    colour = COLOUR_NAMES[(SHAPES.index(shape) + seed) % len(COLOUR_NAMES)]
+    return colour, canonical_caption(colour, shape)
+
+
+def reference_clouds() -> dict[str, Tensor]:
+    """Ten ground-truth clouds ``(10, 2048, 6)`` per shape, the nearest-class check's references."""
+    return {s: ShapeWorld(2048, seed=2_000_003, classes=[s]).sample(10, 0).points for s in SHAPES}
 
 
 def mesh_cloud(mesh: Any, n: int = 2048, seed: int = 0) -> Tensor:
@@ -131,13 +144,11 @@ def evaluate_dream(
     from threed.evaluate import colour_of, nearest_class
     from threed.metrics import pairwise_chamfer
 
-    refs = {s: ShapeWorld(2048, seed=2_000_003, classes=[s]).sample(10, 0).points for s in SHAPES}
-    ref_xyz = {s: r[:, :, :3] for s, r in refs.items()}
+    ref_xyz = {s: r[:, :, :3] for s, r in reference_clouds().items()}
     rows, sheet = [], []
     for shape in classes:
         for seed in seeds:
-            colour = COLOUR_NAMES[(SHAPES.index(shape) + seed) % len(COLOUR_NAMES)]
-            prompt = canonical_caption(colour, shape)
+            colour, prompt = eval_prompt(shape, seed)
             t0 = time.perf_counter()
             result = dream(prior, prompt, cfg, seed=seed, progress=progress)
             seconds = round(time.perf_counter() - t0, 1)

@@ -71,6 +71,7 @@ __all__ = [
     "TrainConfig",
     "Trainer",
     "TrainingDiverged",
+    "checkpoint_root",
     "collate",
     "configure_threads",
     "dataset_size",
@@ -478,6 +479,11 @@ class StepStats:
     skipped: bool
 
 
+def checkpoint_root(out_dir: str | os.PathLike[str]) -> Path:
+    """The folder of a run directory's checkpoints (``<out_dir>/checkpoints``)."""
+    return Path(out_dir) / "checkpoints"
+
+
 class Trainer:
     """Trains ``model`` on ``dataset`` with ``objective`` as ``cfg.train`` says, in ``out_dir``.
 
@@ -641,7 +647,7 @@ class Trainer:
 
     @property
     def checkpoint_root(self) -> Path:
-        return self.out_dir / "checkpoints"
+        return checkpoint_root(self.out_dir)
 
     def _state(self) -> dict[str, Any]:
         _, optim_meta = optimizer_state_to_tensors(self.optimizer.state_dict())

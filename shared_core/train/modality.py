@@ -30,6 +30,7 @@ from shared_core.train.loop import (
     Objective,
     RunConfig,
     Trainer,
+    checkpoint_root,
     seed_everything,
 )
 
@@ -160,7 +161,7 @@ def build_trainer(
     (its weights are about to be loaded from that checkpoint).
     """
     seed_everything(cfg.train.seed)
-    resuming = resume and latest_checkpoint(Path(out_dir) / "checkpoints") is not None
+    resuming = resume and latest_checkpoint(checkpoint_root(out_dir)) is not None
     model = modality.build_model_to_resume(cfg) if resuming else modality.build_model(cfg)
     dataset = modality.build_dataset(cfg)
     objective = modality.build_objective(cfg, model)
