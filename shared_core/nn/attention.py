@@ -13,13 +13,18 @@ never knows what an axis means; the caller names them by index.
 Backends: `"sdpa"` is `torch.nn.functional.scaled_dot_product_attention` (flash / memory-efficient
 kernels on GPU, a fused kernel on CPU); `"xformers"` is `xformers.ops.memory_efficient_attention`
 (CUDA only); `"auto"` picks xformers when it is installed and the tensors are on CUDA, else sdpa.
-Asking for xformers where it cannot run is an error, never a silent fallback.
+Under `"auto"`, inputs xformers has no kernel for (a build that does not match the installed torch,
+a dtype or head size its kernels skip) fall back to sdpa with one warning per kind of input: on an
+H200 with torch 2.11, the PyPI xformers 0.0.35 (built for torch 2.10) loads but has no CUDA kernels
+(benchmarks/CUDA_CHECK.md). Asking for `"xformers"` by name where it cannot run is an error, never a
+silent fallback.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import warnings
 from collections.abc import Sequence
 from typing import Literal
 
@@ -39,6 +44,10 @@ def _xformers_installed() -> bool:
     # find_spec instead of an import: importing xformers is slow and may print warnings. Cached, as
     # "auto" asks on every CUDA forward.
     return importlib.util.find_spec("xformers") is not None
+
+
+# (dtype, head size, masked) inputs xformers had no kernel for under "auto": they go to sdpa.
+_XFORMERS_UNSUPPORTED: set[tuple[torch.dtype, int, bool]] = set()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -221,7 +230,26 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """`q (B, N, H, Dh)`, `k, v (B, L, H, Dh)`, `key_mask (B, L)` bool or None -> `(B, N, H, Dh)`."""
         if self._resolve_backend(q) == "xformers":
-            return self._attend_xformers(q, k, v, key_mask)
+            if self.backend == "xformers":
+                try:
+                    return self._attend_xformers(q, k, v, key_mask)
+                except NotImplementedError as exc:
+                    raise RuntimeError(
+                        f"attention backend 'xformers' has no kernel for {q.dtype} attention with head size "
+                        f"{q.shape[-1]} ({str(exc).splitlines()[0].strip()}); use backend 'auto' or 'sdpa'"
+                    ) from exc
+            kind = (q.dtype, q.shape[-1], key_mask is not None)
+            if kind not in _XFORMERS_UNSUPPORTED:
+                try:
+                    return self._attend_xformers(q, k, v, key_mask)
+                except NotImplementedError as exc:  # xformers' dispatcher found no kernel
+                    _XFORMERS_UNSUPPORTED.add(kind)
+                    warnings.warn(
+                        f"xformers has no kernel for {q.dtype} attention with head size {q.shape[-1]} "
+                        f"({str(exc).splitlines()[0].strip()}); attention backend 'auto' uses sdpa for it",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
         mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, L), broadcast
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask

@@ -146,3 +146,35 @@ def test_sdpa_semantics_of_bool_mask() -> None:
     mask = torch.tensor([[True, False], [True, False]])
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     torch.testing.assert_close(out[0, 0], v[0, 0, :1].expand(2, 4))
+
+
+def test_auto_falls_back_to_sdpa_where_xformers_has_no_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seen on an H200: a PyPI xformers built for another torch imports but dispatches to nothing."""
+    import shared_core.nn.attention as attention
+
+    calls = []
+
+    def no_kernel(q, k, v, key_mask):
+        calls.append(q.shape)
+        raise NotImplementedError(
+            "No operator found for `memory_efficient_attention_forward` with inputs:\n ..."
+        )
+
+    monkeypatch.setattr(attention, "_XFORMERS_UNSUPPORTED", set())
+    monkeypatch.setattr(Attention, "_resolve_backend", lambda self, x: "xformers")
+    monkeypatch.setattr(Attention, "_attend_xformers", staticmethod(no_kernel))
+    torch.manual_seed(0)
+    auto = Attention(16, 2, context_dim=8)
+    x, ctx, mask = torch.randn(2, 5, 16), torch.randn(2, 3, 8), torch.tensor([[1, 1, 0], [1, 0, 0]]).bool()
+    with pytest.warns(RuntimeWarning, match="No operator found.*uses sdpa"):
+        out = auto(x, ctx, mask)
+    again = auto(x, ctx, mask)  # remembered: no second try, no second warning
+    assert len(calls) == 1
+    sdpa = Attention(16, 2, context_dim=8, backend="sdpa")
+    sdpa.load_state_dict(auto.state_dict())
+    torch.testing.assert_close(out, sdpa(x, ctx, mask), atol=0, rtol=0)
+    torch.testing.assert_close(again, out, atol=0, rtol=0)
+
+    auto.backend = "xformers"  # asked for by name: an error, not a fallback
+    with pytest.raises(RuntimeError, match=r"backend .xformers. has no kernel for torch\.float32"):
+        auto(x, ctx, mask)

@@ -26,6 +26,7 @@ def _cmd(out: Path, *extra: str) -> list[str]:
         "--config", str(REPO / "configs/core/toy2d_tiny.yaml"), "--out", str(out), "--no-eval",
         f"train.steps={STEPS}", f"train.checkpoint.every={EVERY}", "train.checkpoint.keep_last=2",
         "train.log.every=1", "train.grad_accum=2", "data.num_samples=50",  # a finite set: epoch shuffles too
+        "train.device=cpu",  # bit-identical is a CPU promise: CUDA kernels may reorder sums
         *extra,
     ]  # fmt: skip
 
