@@ -104,7 +104,7 @@ def _run_points(args: argparse.Namespace) -> int:
     # before anything is written.
     t0 = time.perf_counter()
     pipe = PointsPipeline.load(args.base, args.upsampler)
-    st = pipe.settings(args.steps, args.guidance, args.sampler)
+    st = pipe.settings(args.steps, args.guidance, args.sampler, args.guidance_rescale)
     pipe.check_num_points(args.num_points)
     timings = {"load_s": time.perf_counter() - t0}
 
@@ -126,7 +126,7 @@ def _run_points(args: argparse.Namespace) -> int:
     ):
         cloud = pipe.generate(
             [prompt], seed=args.seed, num_points=args.num_points, callback=bar.update,
-            **{k: st[k] for k in ("steps", "guidance", "sampler")},
+            **{k: st[k] for k in ("steps", "guidance", "sampler", "guidance_rescale")},
         )[0]  # fmt: skip
     timings["generate_s"] = time.perf_counter() - t
 
@@ -195,6 +195,12 @@ def register(sub: Any) -> None:
     p.add_argument("--steps", type=int, default=None, help="base denoising steps (default: the checkpoint's)")
     p.add_argument(
         "--guidance", type=float, default=None, help="CFG scale s (1: none; default: the checkpoint's)"
+    )
+    p.add_argument(
+        "--guidance-rescale",
+        type=float,
+        default=None,
+        help="guidance rescale phi in 0..1 (default: the checkpoint's)",
     )
     p.add_argument("--sampler", default=None, help="base sampler name (default: the checkpoint's)")
     p.add_argument("--base", default=None, help="base checkpoint (default: checkpoints/threed/points_base)")

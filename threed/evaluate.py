@@ -255,7 +255,12 @@ def evaluate_points(
             f"--classes must be distinct shapes from: {', '.join(SHAPES)}; got {list(classes)}"
         )
     settings = {k: v for k, v in (settings or {}).items() if v is not None}
-    resolved = pipe.settings(settings.get("steps"), settings.get("guidance"), settings.get("sampler"))
+    resolved = pipe.settings(
+        settings.get("steps"),
+        settings.get("guidance"),
+        settings.get("sampler"),
+        settings.get("guidance_rescale"),
+    )
     pipe.check_num_points(num_points)
     t_start = time.perf_counter()
     g = torch.Generator().manual_seed(seed)
@@ -429,7 +434,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         raise ExtradimError("--emd-points must be >= 2 and --mesh-per-class >= 0")
     out = check_out_dir(args.out, ("eval.json", "contact_sheet.png"))
     pipe = PointsPipeline.load(args.base, args.upsampler)
-    resolved = pipe.settings(args.steps, args.guidance, args.sampler)
+    resolved = pipe.settings(args.steps, args.guidance, args.sampler, args.guidance_rescale)
     pipe.check_num_points(args.num_points)
     point_net = load_point_net(args.pointnet or DEFAULT_POINTNET)
     steps = resolved["steps"] + (resolved["upsampler_steps"] if args.num_points > pipe.coarse_points else 0)
@@ -437,6 +442,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     settings = {
         "steps": args.steps,
         "guidance": args.guidance,
+        "guidance_rescale": args.guidance_rescale,
         "sampler": args.sampler,
         "batch_size": args.batch_size,
     }
@@ -478,6 +484,12 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="base denoising steps (default: the checkpoint's)")
     p.add_argument("--guidance", type=float, default=None, help="CFG scale s (default: the checkpoint's)")
+    p.add_argument(
+        "--guidance-rescale",
+        type=float,
+        default=None,
+        help="guidance rescale phi (default: the checkpoint's)",
+    )
     p.add_argument("--sampler", default=None, help="base sampler name (default: the checkpoint's)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument(

@@ -82,6 +82,7 @@ class PointsSampleConfig:
     sampler: str = "dpmpp_2m"
     steps: int = 25
     guidance: float = 3.0  # CFG scale s = 1 + w (base only; the upsampler is unguided)
+    guidance_rescale: float = 0.0  # phi of guidance rescale (Lin et al.): 0 = plain CFG
     spacing: Literal["trailing", "leading", "linspace", "karras"] = "karras"
     batch_size: int = 32
     seed: int = 0
@@ -91,6 +92,8 @@ class PointsSampleConfig:
             raise ValueError(f"unknown sampler {self.sampler!r}; valid: {', '.join(sorted(SAMPLERS))}")
         if self.steps < 1 or self.guidance < 0 or self.batch_size < 1:
             raise ValueError("need steps >= 1, guidance >= 0 and batch_size >= 1")
+        if not 0 <= self.guidance_rescale <= 1:
+            raise ValueError(f"guidance_rescale must be in [0, 1], got {self.guidance_rescale}")
 
 
 @dataclass(frozen=True)

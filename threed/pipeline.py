@@ -89,13 +89,18 @@ class PointsPipeline:
         return cls(b_model, b_cfg, u_model, u_cfg, enc, checkpoints=(b_path, u_path))
 
     def settings(
-        self, steps: int | None = None, guidance: float | None = None, sampler: str | None = None
+        self,
+        steps: int | None = None,
+        guidance: float | None = None,
+        sampler: str | None = None,
+        guidance_rescale: float | None = None,
     ) -> dict[str, Any]:
         s = self.base_cfg.sample
         out = {
             "sampler": sampler or s.sampler,
             "steps": s.steps if steps is None else steps,
             "guidance": s.guidance if guidance is None else guidance,
+            "guidance_rescale": s.guidance_rescale if guidance_rescale is None else guidance_rescale,
             "spacing": s.spacing,
             "upsampler_steps": self.up_cfg.sample.steps if self.up_cfg else 0,
         }
@@ -105,6 +110,8 @@ class PointsPipeline:
             raise ExtradimError(f"steps must be in 1..1000, got {out['steps']}")
         if not 0 <= out["guidance"] <= 50:
             raise ExtradimError(f"guidance must be in 0..50, got {out['guidance']}")
+        if not 0 <= out["guidance_rescale"] <= 1:
+            raise ExtradimError(f"guidance rescale must be in 0..1, got {out['guidance_rescale']}")
         return out
 
     def check_num_points(self, num_points: int) -> int:
@@ -124,12 +131,13 @@ class PointsPipeline:
         steps: int | None = None,
         guidance: float | None = None,
         sampler: str | None = None,
+        guidance_rescale: float | None = None,
         batch_size: int = 32,
         callback: Callable[[int], None] | None = None,
         first_index: int = 0,
     ) -> Tensor:
         """Clouds ``(len(prompts), num_points, 6)``. ``callback(n)`` after each step of n clouds."""
-        st = self.settings(steps, guidance, sampler)
+        st = self.settings(steps, guidance, sampler, guidance_rescale)
         self.check_num_points(num_points)
         L = self.base_cfg.data.max_text_length
         emb = self.text.encode(prompts, pad_to=L)
@@ -157,7 +165,9 @@ class PointsPipeline:
         sigmas = _sigmas(schedule, st["steps"], st["spacing"])
         L, D = cond["context"].shape[1:]
         den = NetworkDenoiser(self.base, schedule, cfg.diffusion.prediction)
-        guided = CFGDenoiser.from_scale(den, st["guidance"], lambda b: text_null_condition(b, L, D))
+        guided = CFGDenoiser.from_scale(
+            den, st["guidance"], lambda b: text_null_condition(b, L, D), rescale=st["guidance_rescale"]
+        )
         shape = (cfg.data.num_points, 6)
         x = torch.stack([randn(shape, make_generator(derive_seed(seed, i))) for i in ids])
         x = x * float(schedule.prior_std(sigmas[0]))

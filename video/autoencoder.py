@@ -13,6 +13,7 @@ Training is plain reconstruction (L1 + MSE) on frames of the training world, a f
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-__all__ = ["AutoencoderConfig", "FrameAutoencoder", "train_autoencoder"]
+__all__ = ["AutoencoderConfig", "FrameAutoencoder", "load_autoencoder", "train_autoencoder"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,9 @@ class AutoencoderConfig:
     batch_size: int = 128  # frames per step
     lr: float = 2e-3
     seed: int = 0
+    # A video checkpoint (.safetensors) whose trained autoencoder (``ae.*``, its latent scale
+    # included) is loaded instead of training stage 1: DiT experiments on one shared latent space.
+    init: str = ""
 
     def __post_init__(self) -> None:
         if min(self.latent_channels, self.width, self.batch_size) < 1 or self.steps < 0 or self.lr <= 0:
@@ -130,3 +134,25 @@ def train_autoencoder(
             "max_abs": float((rec - x).abs().max()),
             "latent_std": float(z.std()),
         }
+
+
+def load_autoencoder(ae: FrameAutoencoder, path: str | os.PathLike[str]) -> None:
+    """Load the ``ae.*`` tensors of a video checkpoint (``.safetensors``, e.g. the shipped
+    ``checkpoints/video/shapes.safetensors``) into ``ae``, strictly; a missing, corrupt or
+    mismatched file raises a one-line ``CheckpointError``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from shared_core.errors import CheckpointError
+
+    try:
+        state = {k[3:]: v for k, v in load_file(str(path)).items() if k.startswith("ae.")}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read autoencoder.init {path}: {str(exc).splitlines()[0]}") from exc
+    if not state:
+        raise CheckpointError(f"autoencoder.init {path} holds no autoencoder (no 'ae.*' tensors)")
+    try:
+        ae.load_state_dict(state)
+    except RuntimeError as exc:
+        first = next((ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()), str(exc))
+        raise CheckpointError(f"autoencoder.init {path} does not match autoencoder config: {first}") from exc

@@ -36,7 +36,7 @@ from shared_core.text import DEFAULT_ENCODER, EmbeddingBank, TextEncoder
 from shared_core.train.distributed import DistInfo, derive_seed
 from shared_core.train.loop import DiffusionObjective, Objective, RunConfig
 from shared_core.train.modality import Modality
-from video.autoencoder import AutoencoderConfig, FrameAutoencoder, train_autoencoder
+from video.autoencoder import AutoencoderConfig, FrameAutoencoder, load_autoencoder, train_autoencoder
 from video.checker import attribute_accuracy, check_clips
 from video.world import Attributes, ShapesWorld, canonical_caption, paraphrases, render_clips, to_unit_range
 
@@ -277,8 +277,14 @@ class VideoModality(Modality):
         return self._encoder
 
     def build_model(self, cfg: VideoConfig) -> LatentVideoModel:
-        """The model, with its autoencoder trained first (stage 1, deterministic from its seed)."""
+        """The model, with its autoencoder trained first (stage 1, deterministic from its seed), or
+        loaded from ``autoencoder.init``."""
         model = LatentVideoModel(cfg)
+        if cfg.autoencoder.init:
+            load_autoencoder(model.ae, cfg.autoencoder.init)
+            _log(f"autoencoder: loaded from {cfg.autoencoder.init} (stage 1 skipped)")
+            self._model = model
+            return model
         world = make_world(cfg.data)
 
         def frames(n: int, g: torch.Generator) -> Tensor:

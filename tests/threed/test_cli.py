@@ -109,6 +109,7 @@ def test_bad_input_one_line_exit_2_nothing_written(cli, tiny_checkpoints, tmp_pa
         ["points", "a red torus", "-o", out, *ck, "--num-points", "100000"],
         ["points", "a red torus", "-o", out, *ck, "--steps", "0"],
         ["points", "a red torus", "-o", out, *ck, "--sampler", "nope"],
+        ["points", "a red torus", "-o", out, *ck, "--guidance-rescale", "1.5"],
     ]
     for args in cases:
         assert cli(args) == 2, args

@@ -97,6 +97,19 @@ def test_generate_shapes_determinism_and_batch_independence(pipeline: PointsPipe
     assert pipeline.generate(prompts[:1], seed=1, num_points=32).shape == (1, 32, 6)  # base only
 
 
+def test_guidance_rescale_reaches_the_base_sampler(pipeline: PointsPipeline) -> None:
+    assert pipeline.settings()["guidance_rescale"] == 0.0  # checkpoints without the key: plain CFG
+    plain = pipeline.generate(["a red torus"], seed=1, num_points=32, guidance=3.0)
+    rescaled = pipeline.generate(["a red torus"], seed=1, num_points=32, guidance=3.0, guidance_rescale=0.7)
+    unguided = pipeline.generate(["a red torus"], seed=1, num_points=32, guidance=1.0, guidance_rescale=0.7)
+    assert not torch.allclose(plain, rescaled)
+    torch.testing.assert_close(
+        unguided, pipeline.generate(["a red torus"], seed=1, num_points=32, guidance=1.0)
+    )
+    with pytest.raises(ExtradimError, match="guidance rescale"):
+        pipeline.settings(guidance_rescale=-0.1)
+
+
 @pytest.mark.parametrize("n", [8, 9000])
 def test_num_points_out_of_range(pipeline: PointsPipeline, n: int) -> None:
     with pytest.raises(ExtradimError, match="num-points"):

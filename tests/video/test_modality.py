@@ -196,3 +196,39 @@ def test_resume_takes_the_autoencoder_from_the_checkpoint(
     b = load_file(tmp_path / "resumed" / "checkpoints" / "step_00000003" / "model.safetensors")
     assert a.keys() == b.keys() and any(k.startswith("ae.") for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_autoencoder_init_reuses_a_checkpoints_autoencoder(
+    tmp_path: Path, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`autoencoder.init` loads stage 1 from a video checkpoint (scale included) instead of training
+    it; a file without an autoencoder is a one-line error."""
+    from safetensors.torch import load_file, save_file
+
+    from video import modality as video_modality
+    from video.modality import VideoModality
+
+    shipped = load_file(str(tiny_checkpoint))
+    shipped["ae.scale"] = torch.tensor(2.5)  # as after stage 1
+    source = tmp_path / "trained.safetensors"
+    save_file(shipped, str(source))
+
+    def no_stage_one(*a: object, **k: object) -> None:
+        raise AssertionError("stage 1 ran despite autoencoder.init")
+
+    monkeypatch.setattr(video_modality, "train_autoencoder", no_stage_one)
+    cfg = from_dict(VideoConfig, {**TINY_CONFIG, "autoencoder": {"width": 16, "init": str(source)}})
+    model = VideoModality().build_model(cfg)
+    ae = model.ae.state_dict()
+    assert all(torch.equal(ae[k], shipped["ae." + k]) for k in ae)
+    assert float(model.ae.scale) == 2.5
+
+    bad = tmp_path / "no_ae.safetensors"
+    save_file({"dit.x": torch.zeros(1)}, str(bad))
+    for path, msg in ((bad, "holds no autoencoder"), (tmp_path / "missing.safetensors", "cannot read")):
+        wrong = from_dict(VideoConfig, {**TINY_CONFIG, "autoencoder": {"width": 16, "init": str(path)}})
+        with pytest.raises(CheckpointError, match=msg):
+            VideoModality().build_model(wrong)
+    wide = from_dict(VideoConfig, {**TINY_CONFIG, "autoencoder": {"width": 32, "init": str(source)}})
+    with pytest.raises(CheckpointError, match="does not match"):
+        VideoModality().build_model(wide)
