@@ -3,7 +3,8 @@
     python benchmarks/points_guidance.py --classes mug dumbbell cube table --per-class 12 \
         --settings 1:0 2:0 2:0.7 3:0.7 [--base CKPT]
 
-Each setting is ``guidance:rescale`` (CFG scale s and guidance-rescale phi). Class accuracy is the
+Each setting is ``guidance:rescale[:sampler:steps]`` (CFG scale s, guidance-rescale phi, and
+optionally the base sampler and its step count; default the checkpoint's). Class accuracy is the
 eval's nearest-class Chamfer check against reference clouds of **all ten** shapes (the eval's
 protocol), so a subset of prompted classes does not make the check easier. ``radius ratio`` is the
 mean distance of generated points from the centre over that of real clouds (CFG inflates clouds).
@@ -56,14 +57,22 @@ def main() -> None:
     }
     results = []
     for setting in args.settings:
-        guidance, rescale = (float(v) for v in setting.split(":"))
-        row: dict = {"guidance": guidance, "rescale": rescale, "per_class": {}}
+        parts = setting.split(":")
+        guidance, rescale = float(parts[0]), float(parts[1])
+        sampler, steps = (parts[2], int(parts[3])) if len(parts) == 4 else (None, None)
+        row: dict = {
+            "guidance": guidance,
+            "rescale": rescale,
+            "sampler": sampler,
+            "steps": steps,
+            "per_class": {},
+        }
         t0 = time.perf_counter()
         for k, shape in enumerate(args.classes):
             prompts = [p for _, p in eval_prompts(shape, args.per_class)]
             gen = pipe.generate(
                 prompts, seed=args.seed, num_points=args.num_points, guidance=guidance,
-                guidance_rescale=rescale, first_index=k * args.per_class,
+                guidance_rescale=rescale, first_index=k * args.per_class, sampler=sampler, steps=steps,
             )  # fmt: skip
             xyz = gen[..., :3]
             nearest = nearest_class(_subsample(xyz, 512, g), protos)
