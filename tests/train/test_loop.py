@@ -34,7 +34,9 @@ def _max_diff(a: dict, b: dict) -> float:
 def test_grad_accumulation_matches_one_big_batch(tmp_path: Path) -> None:
     runs = {}
     for accum in (1, 4):
-        tr = mlp_trainer(tmp_path / f"a{accum}", mlp_config(steps=6, batch_size=8, grad_accum=accum, device="cpu"))
+        tr = mlp_trainer(
+            tmp_path / f"a{accum}", mlp_config(steps=6, batch_size=8, grad_accum=accum, device="cpu")
+        )
         tr.fit()
         runs[accum] = tr
     assert _max_diff(runs[1].model.state_dict(), runs[4].model.state_dict()) < 1e-6
