@@ -338,7 +338,10 @@ def amp_training(tokenizer_dir: Path, out: Path) -> dict[str, Any]:
     res["resume_rc"] = [r1["rc"], rc]
     res["resume_reached_300"] = (half / "checkpoints" / "step_00000300").is_dir()
     ok = all(
-        v["rc"] == 0 and v["last_loss"] is not None and math.isfinite(v["last_loss"])
+        v["rc"] == 0
+        and v["last_loss"] is not None
+        and math.isfinite(v["last_loss"])
+        and v["last_loss"] < v["first_loss"]
         for k, v in res.items()
         if isinstance(v, dict)
     )

@@ -200,7 +200,7 @@ def register(sub: Any) -> None:
         "--guidance-rescale",
         type=float,
         default=None,
-        help="guidance rescale phi in 0..1 (default: the checkpoint's)",
+        help="guidance rescale phi in 0..1, with --guidance > 1 (default: the checkpoint's)",
     )
     p.add_argument("--sampler", default=None, help="base sampler name (default: the checkpoint's)")
     p.add_argument("--base", default=None, help="base checkpoint (default: checkpoints/threed/points_base)")

@@ -112,6 +112,8 @@ class PointsPipeline:
             raise ExtradimError(f"guidance must be in 0..50, got {out['guidance']}")
         if not 0 <= out["guidance_rescale"] <= 1:
             raise ExtradimError(f"guidance rescale must be in 0..1, got {out['guidance_rescale']}")
+        if out["guidance"] == 1:  # no guidance, nothing to rescale: record what takes effect
+            out["guidance_rescale"] = 0.0
         return out
 
     def check_num_points(self, num_points: int) -> int:

@@ -148,7 +148,9 @@ def load_autoencoder(ae: FrameAutoencoder, path: str | os.PathLike[str]) -> None
     try:
         state = {k[3:]: v for k, v in load_file(str(path)).items() if k.startswith("ae.")}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read autoencoder.init {path}: {str(exc).splitlines()[0]}") from exc
+        raise CheckpointError(
+            f"cannot read autoencoder.init {path}: {(str(exc).splitlines() or [repr(exc)])[0]}"
+        ) from exc
     if not state:
         raise CheckpointError(f"autoencoder.init {path} holds no autoencoder (no 'ae.*' tensors)")
     try:

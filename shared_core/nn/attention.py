@@ -234,9 +234,10 @@ class Attention(nn.Module):
                 try:
                     return self._attend_xformers(q, k, v, key_mask)
                 except NotImplementedError as exc:
+                    first = (str(exc).splitlines() or [repr(exc)])[0].strip()
                     raise RuntimeError(
                         f"attention backend 'xformers' has no kernel for {q.dtype} attention with head size "
-                        f"{q.shape[-1]} ({str(exc).splitlines()[0].strip()}); use backend 'auto' or 'sdpa'"
+                        f"{q.shape[-1]} ({first}); use backend 'auto' or 'sdpa'"
                     ) from exc
             kind = (q.dtype, q.shape[-1], key_mask is not None)
             if kind not in _XFORMERS_UNSUPPORTED:
@@ -244,9 +245,10 @@ class Attention(nn.Module):
                     return self._attend_xformers(q, k, v, key_mask)
                 except NotImplementedError as exc:  # xformers' dispatcher found no kernel
                     _XFORMERS_UNSUPPORTED.add(kind)
+                    first = (str(exc).splitlines() or [repr(exc)])[0].strip()
                     warnings.warn(
                         f"xformers has no kernel for {q.dtype} attention with head size {q.shape[-1]} "
-                        f"({str(exc).splitlines()[0].strip()}); attention backend 'auto' uses sdpa for it",
+                        f"({first}); attention backend 'auto' uses sdpa for it",
                         RuntimeWarning,
                         stacklevel=2,
                     )

@@ -67,6 +67,20 @@ def test_seed_reproducibility_and_npy(cli, tiny_checkpoints, tmp_path: Path) -> 
     )
 
 
+def test_guidance_rescale_reaches_the_cloud_and_manifest(cli, tiny_checkpoints, tmp_path: Path) -> None:
+    plain, rescaled, unguided = tmp_path / "p.npy", tmp_path / "r.npy", tmp_path / "u.npy"
+    assert _points(cli, tiny_checkpoints, "a blue mug", "-o", str(plain), "--guidance", "3") == 0
+    assert _points(cli, tiny_checkpoints, "a blue mug", "-o", str(rescaled), "--guidance", "3",
+                   "--guidance-rescale", "0.7") == 0  # fmt: skip
+    assert _points(cli, tiny_checkpoints, "a blue mug", "-o", str(unguided), "--guidance", "1",
+                   "--guidance-rescale", "0.7") == 0  # fmt: skip
+    assert not np.allclose(np.load(plain), np.load(rescaled))
+    manifest = json.loads(rescaled.with_name("r.npy.json").read_text())
+    assert manifest["guidance"] == 3 and manifest["guidance_rescale"] == 0.7
+    # without guidance there is nothing to rescale: the manifest says what took effect
+    assert json.loads(unguided.with_name("u.npy.json").read_text())["guidance_rescale"] == 0.0
+
+
 def test_out_of_domain_prompt_warns_once_and_generates(cli, tiny_checkpoints, tmp_path: Path, capsys) -> None:
     out = tmp_path / "elephant.ply"
     assert _points(cli, tiny_checkpoints, "a purple elephant", "-o", str(out)) == 0
