@@ -6,11 +6,11 @@
 
 With ``--batch-file`` (one prompt per line, blank lines skipped) prompt ``i`` (0-based, counting
 non-blank lines) goes to ``<stem>_<i:03d><suffix>``, e.g. ``clips_000.gif``. Prompt ``i`` draws its
-noise from ``(seed, i)``, so with a deterministic sampler (the default ``dpmpp_2m``) line 0 of a
-batch file gives the same clip as the single prompt with the same seed (bit for bit with
-``--batch-size 1``; larger batches change only float round-off). Each output gets a JSON manifest beside it
-(``<output>.json``: prompt, seed, sampler, steps, guidance, checkpoint path and sha256, version,
-time).
+noise (initial and, for stochastic samplers such as the default ``dpmpp_2m_sde``, per step)
+from ``(seed, i)``, so line 0 of a batch file gives the same clip as the single prompt with the
+same seed (bit for bit with ``--batch-size 1``; larger batches change only float round-off). Each
+output gets a JSON manifest beside it (``<output>.json``: prompt, seed, sampler, steps, guidance,
+checkpoint path and sha256, version, time).
 
 Every input error (empty prompt, bad suffix or folder, missing or corrupt checkpoint, bad sampler
 settings) is reported before generation as one line, exit code 2, with nothing written. A prompt

@@ -138,7 +138,8 @@ class VideoPipeline:
                 sigmas,
                 extra_args=cond,
                 callback=step_cb,
-                generator=make_generator(derive_seed(seed, 1, first_index + idx.start)),
+                # one noise stream per clip: with a stochastic sampler a clip does not depend on its batch
+                generator=[make_generator(derive_seed(seed, 1, first_index + i)) for i in idx],
             )
             outs.append(self.model.ae.decode(latents))
         return torch.cat(outs)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -56,8 +56,18 @@ def denoise(
     return out
 
 
-def noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    return randn_like(x, generator)
+# One generator for the whole batch, or one per batch row (as diffusers accepts): with a list, row
+# i's noise comes from generator i alone, so a stochastic sampler's sample does not depend on the
+# batch it was drawn in.
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def noise_like(x: Tensor, generator: Generators) -> Tensor:
+    if generator is None or isinstance(generator, torch.Generator):
+        return randn_like(x, generator)
+    if len(generator) != x.shape[0]:
+        raise ValueError(f"got {len(generator)} generators for a batch of {x.shape[0]}")
+    return torch.stack([randn_like(x[i], g) for i, g in enumerate(generator)])
 
 
 def ancestral_step(sigma_from: float, sigma_to: float, eta: float = 1.0) -> tuple[float, float]:

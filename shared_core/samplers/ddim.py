@@ -8,7 +8,15 @@ import torch
 from torch import Tensor
 
 from shared_core.denoiser import Denoiser
-from shared_core.samplers._common import Callback, ancestral_step, check_inputs, denoise, noise_like, report
+from shared_core.samplers._common import (
+    Callback,
+    Generators,
+    ancestral_step,
+    check_inputs,
+    denoise,
+    noise_like,
+    report,
+)
 
 
 @torch.no_grad()
@@ -20,7 +28,7 @@ def sample_ddim(
     eta: float = 0.0,
     extra_args: dict[str, Any] | None = None,
     callback: Callback | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> Tensor:
     """DDIM (Song et al. 2021, eq. 12) in VE coordinates.
 
@@ -50,7 +58,7 @@ def sample_euler_ancestral(
     eta: float = 1.0,
     extra_args: dict[str, Any] | None = None,
     callback: Callback | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> Tensor:
     """Euler-ancestral (k-diffusion's ``sample_euler_ancestral``): an Euler step to sigma_down, then
     noise sigma_up. x + (sigma_down - sigma) (x - x0) / sigma = x0 + sigma_down eps_hat, so this is the

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from shared_core.denoiser import Denoiser
-from shared_core.samplers._common import Callback, check_inputs, noise_like, report, sigma_batch
+from shared_core.samplers._common import Callback, Generators, check_inputs, noise_like, report, sigma_batch
 
 VARIANCES = ("fixed_small", "fixed_large", "learned_range", "learned")
 
@@ -24,7 +24,7 @@ def sample_ddpm(
     variance_preserving: bool = True,
     extra_args: dict[str, Any] | None = None,
     callback: Callback | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> Tensor:
     """DDPM: x_s ~ q(x_s | x_t, x0_hat) at every step (Ho et al. 2020, Algorithm 2; eq. 6-7).
 

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from shared_core.denoiser import Denoiser
-from shared_core.samplers._common import Callback, check_inputs, denoise, noise_like, report
+from shared_core.samplers._common import Callback, Generators, check_inputs, denoise, noise_like, report
 
 
 @torch.no_grad()
@@ -21,7 +21,7 @@ def sample_dpmpp_2m(
     lower_order_final: bool = True,
     extra_args: dict[str, Any] | None = None,
     callback: Callback | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2, data prediction, multistep).
 
@@ -65,7 +65,7 @@ def sample_dpmpp_2m_sde(
     s_noise: float = 1.0,
     extra_args: dict[str, Any] | None = None,
     callback: Callback | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> Tensor:
     """SDE-DPM-Solver++(2M) (Lu et al. 2022, sec. 5 / appendix; midpoint form as in diffusers and
     k-diffusion). Each step solves the linear part of the reverse SDE exactly:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from shared_core.denoiser import Denoiser
-from shared_core.samplers._common import Callback, check_inputs, denoise, noise_like, report
+from shared_core.samplers._common import Callback, Generators, check_inputs, denoise, noise_like, report
 
 
 def _churn(
@@ -35,7 +35,7 @@ def sample_euler(
     s_noise: float = 1.0,
     extra_args: dict[str, Any] | None = None,
     callback: Callback | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> Tensor:
     """Euler on the probability-flow ODE (Karras et al. 2022, Algorithm 2 without the Heun
     correction); ``s_churn`` > 0 adds EDM's stochastic churn."""
@@ -61,7 +61,7 @@ def sample_heun(
     s_noise: float = 1.0,
     extra_args: dict[str, Any] | None = None,
     callback: Callback | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> Tensor:
     """Heun's 2nd-order method (Karras et al. 2022, Algorithm 2): an Euler step, then the average of
     the slopes at both ends; the last step to sigma = 0 stays Euler (line 9)."""

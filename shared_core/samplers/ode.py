@@ -10,7 +10,7 @@ from torch import Tensor
 from torchdiffeq import odeint
 
 from shared_core.denoiser import Denoiser
-from shared_core.samplers._common import Callback, check_inputs, denoise, report
+from shared_core.samplers._common import Callback, Generators, check_inputs, denoise, report
 
 
 @torch.no_grad()
@@ -24,7 +24,7 @@ def sample_ode(
     method: str = "dopri5",
     extra_args: dict[str, Any] | None = None,
     callback: Callback | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> Tensor:
     """Solve the probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma (Karras et al. 2022,
     eq. 3) from sigmas[0] to the smallest positive level with an adaptive Runge-Kutta solver

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from shared_core.denoiser import Denoiser
-from shared_core.samplers._common import Callback, check_inputs, denoise, noise_like, report
+from shared_core.samplers._common import Callback, Generators, check_inputs, denoise, noise_like, report
 
 PROCESSES = ("ve", "vp")
 
@@ -51,7 +51,7 @@ def sample_euler_maruyama(
     process: str = "ve",
     extra_args: dict[str, Any] | None = None,
     callback: Callback | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> Tensor:
     """Euler-Maruyama on the reverse-time VE or VP SDE (Song et al. 2021, eq. 6 and appendix C/G).
 
@@ -95,7 +95,7 @@ def sample_pc(
     process: str = "ve",
     extra_args: dict[str, Any] | None = None,
     callback: Callback | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> Tensor:
     """Predictor-corrector sampling (Song et al. 2021, Algorithm 1): at each level
     ``corrector_steps`` Langevin steps, then a reverse-SDE Euler-Maruyama predictor step."""
@@ -128,7 +128,7 @@ def sample_annealed_langevin(
     final_denoise: bool = True,
     extra_args: dict[str, Any] | None = None,
     callback: Callback | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> Tensor:
     """Annealed Langevin dynamics (NCSN; Song & Ermon 2019, Algorithm 1).
 

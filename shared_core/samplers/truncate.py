@@ -10,8 +10,7 @@ import torch
 from torch import Tensor
 
 from shared_core.denoiser import Denoiser
-from shared_core.random import randn_like
-from shared_core.samplers._common import check_inputs, denoise
+from shared_core.samplers._common import Generators, check_inputs, denoise, noise_like
 
 Sampler = Callable[..., Tensor]
 
@@ -23,7 +22,7 @@ def sdedit(
     sigmas: Tensor,
     strength: float,
     *,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     **kwargs: Any,
 ) -> Tensor:
     """SDEdit (Meng et al. 2022): noise ``x_ref`` to the level a fraction ``strength`` of the way up
@@ -35,7 +34,7 @@ def sdedit(
     n = len(grid) - 1
     start = n - max(1, round(strength * n))
     sub = torch.tensor(grid[start:], dtype=torch.float64)
-    x = x_ref + grid[start] * randn_like(x_ref, generator)
+    x = x_ref + grid[start] * noise_like(x_ref, generator)
     return sampler(denoiser, x, sub, generator=generator, **kwargs)
 
 

@@ -96,3 +96,20 @@ def test_sample_until_returns_x0_estimate() -> None:
     assert x_mid.std() > x0.std() * 0.9  # still noisy
     # the deterministic sampler finishes where the early x0 estimate points, on average
     assert (x0.mean(0) - full.mean(0)).abs().max() < 0.1
+
+
+# ("pc" is left out: its corrector's step size uses norms over the whole batch, by design.)
+@pytest.mark.parametrize("name", ["dpmpp_2m_sde", "euler_ancestral", "ddpm", "euler_maruyama"])
+def test_one_generator_per_row_makes_samples_batch_independent(name) -> None:
+    """A list of generators (one per row, as diffusers accepts) gives row i the same noise whether
+    it is sampled alone or in a batch; one generator for the whole batch does not."""
+    sigmas = LINEAR.sigmas(10)
+    x = randn((3, 2), make_generator(0)) * LINEAR.prior_std(sigmas[0]).float()
+    sample = get_sampler(name)
+    batch = sample(MIX.denoiser, x.clone(), sigmas, generator=[make_generator(10 + i) for i in range(3)])
+    alone = sample(MIX.denoiser, x[2:].clone(), sigmas, generator=[make_generator(12)])
+    torch.testing.assert_close(batch[2:], alone, atol=1e-5, rtol=0)
+    shared = sample(MIX.denoiser, x.clone(), sigmas, generator=make_generator(10))
+    assert not torch.allclose(shared[2:], alone, atol=1e-3)
+    with pytest.raises(ValueError, match="2 generators for a batch of 3"):
+        sample(MIX.denoiser, x.clone(), sigmas, generator=[make_generator(0), make_generator(1)])
