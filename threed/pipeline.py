@@ -174,7 +174,7 @@ class PointsPipeline:
         x = torch.stack([randn(shape, make_generator(derive_seed(seed, i))) for i in ids])
         x = x * float(schedule.prior_std(sigmas[0]))
         cb = (lambda _info: callback(len(ids))) if callback else None
-        g = make_generator(derive_seed(seed, 1, ids[0]))
+        g = [make_generator(derive_seed(seed, 1, i)) for i in ids]  # per cloud: batch-independent
         return get_sampler(st["sampler"])(guided, x, sigmas, extra_args=cond, callback=cb, generator=g)
 
     def _upsample(self, coarse: Tensor, n: int, ids: list[int], seed: int, callback: Any) -> Tensor:
@@ -192,7 +192,7 @@ class PointsPipeline:
         noise = [randn((m, 6), make_generator(derive_seed(seed, 2, i, c))) for i in ids for c in range(k)]
         x = torch.stack(noise) * float(schedule.prior_std(sigmas[0]))
         cb = (lambda _info: callback(len(ids))) if callback else None
-        g = make_generator(derive_seed(seed, 3, ids[0]))
+        g = [make_generator(derive_seed(seed, 3, i, c)) for i in ids for c in range(k)]
         sample = get_sampler(cfg.sample.sampler)
         cond = {"coarse": coarse.repeat_interleave(k, dim=0)}
         fine = sample(den, x, sigmas, extra_args=cond, callback=cb, generator=g)

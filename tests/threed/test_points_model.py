@@ -95,6 +95,10 @@ def test_generate_shapes_determinism_and_batch_independence(pipeline: PointsPipe
     torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
     assert not torch.allclose(a, pipeline.generate(prompts, seed=2, num_points=48))
     assert pipeline.generate(prompts[:1], seed=1, num_points=32).shape == (1, 32, 6)  # base only
+    # a stochastic sampler too: each cloud draws its step noise from its own generator
+    c = pipeline.generate(prompts, seed=1, num_points=48, batch_size=3, sampler="euler_ancestral")
+    d = pipeline.generate(prompts, seed=1, num_points=48, batch_size=1, sampler="euler_ancestral")
+    torch.testing.assert_close(c, d, atol=1e-4, rtol=0)
 
 
 def test_guidance_rescale_reaches_the_base_sampler(pipeline: PointsPipeline) -> None:
