@@ -24,6 +24,7 @@ from shared_core.io import atomic_path
 __all__ = [
     "checkpoint_files",
     "load_pretrained",
+    "load_state_strict",
     "load_tagged",
     "save_pretrained",
     "save_tagged",
@@ -74,12 +75,18 @@ def load_pretrained(
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"corrupt checkpoint {weights}: {str(exc).splitlines()[0]}") from exc
     model = build(cfg)
+    load_state_strict(model, state, f"checkpoint {weights} does not match its config")
+    return model, cfg, weights
+
+
+def load_state_strict(module: nn.Module, state: dict[str, Any], context: str) -> None:
+    """``module.load_state_dict(state)`` (strict); a mismatch raises ``CheckpointError("<context>:
+    <the first missing, unexpected or mis-shaped key>")``, one line."""
     try:
-        model.load_state_dict(state)
+        module.load_state_dict(state)
     except RuntimeError as exc:
         first = next((ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()), str(exc))
-        raise CheckpointError(f"checkpoint {weights} does not match its config: {first}") from exc
-    return model, cfg, weights
+        raise CheckpointError(f"{context}: {first}") from exc
 
 
 # Small self-describing networks (evaluation feature extractors): one .safetensors file whose

@@ -144,6 +144,7 @@ def load_autoencoder(ae: FrameAutoencoder, path: str | os.PathLike[str]) -> None
     from safetensors.torch import load_file
 
     from shared_core.errors import CheckpointError
+    from shared_core.pretrained import load_state_strict
 
     try:
         state = {k[3:]: v for k, v in load_file(str(path)).items() if k.startswith("ae.")}
@@ -153,8 +154,4 @@ def load_autoencoder(ae: FrameAutoencoder, path: str | os.PathLike[str]) -> None
         ) from exc
     if not state:
         raise CheckpointError(f"autoencoder.init {path} holds no autoencoder (no 'ae.*' tensors)")
-    try:
-        ae.load_state_dict(state)
-    except RuntimeError as exc:
-        first = next((ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()), str(exc))
-        raise CheckpointError(f"autoencoder.init {path} does not match autoencoder config: {first}") from exc
+    load_state_strict(ae, state, f"autoencoder.init {path} does not match autoencoder config")

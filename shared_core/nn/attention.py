@@ -230,25 +230,20 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """`q (B, N, H, Dh)`, `k, v (B, L, H, Dh)`, `key_mask (B, L)` bool or None -> `(B, N, H, Dh)`."""
         if self._resolve_backend(q) == "xformers":
-            if self.backend == "xformers":
-                try:
-                    return self._attend_xformers(q, k, v, key_mask)
-                except NotImplementedError as exc:
-                    first = (str(exc).splitlines() or [repr(exc)])[0].strip()
-                    raise RuntimeError(
-                        f"attention backend 'xformers' has no kernel for {q.dtype} attention with head size "
-                        f"{q.shape[-1]} ({first}); use backend 'auto' or 'sdpa'"
-                    ) from exc
             kind = (q.dtype, q.shape[-1], key_mask is not None)
-            if kind not in _XFORMERS_UNSUPPORTED:
+            if self.backend == "xformers" or kind not in _XFORMERS_UNSUPPORTED:
                 try:
                     return self._attend_xformers(q, k, v, key_mask)
                 except NotImplementedError as exc:  # xformers' dispatcher found no kernel
-                    _XFORMERS_UNSUPPORTED.add(kind)
                     first = (str(exc).splitlines() or [repr(exc)])[0].strip()
+                    what = f"no kernel for {q.dtype} attention with head size {q.shape[-1]} ({first})"
+                    if self.backend == "xformers":  # asked for by name: an error, not a fallback
+                        raise RuntimeError(
+                            f"attention backend 'xformers' has {what}; use backend 'auto' or 'sdpa'"
+                        ) from exc
+                    _XFORMERS_UNSUPPORTED.add(kind)
                     warnings.warn(
-                        f"xformers has no kernel for {q.dtype} attention with head size {q.shape[-1]} "
-                        f"({first}); attention backend 'auto' uses sdpa for it",
+                        f"xformers has {what}; attention backend 'auto' uses sdpa for it",
                         RuntimeWarning,
                         stacklevel=2,
                     )
