@@ -3,7 +3,9 @@
 Subcommands come from two places: the core's own (below) and the `extradim.commands` entry-point
 group, through which `video`, `threed` and the extension packages in `packages/` add theirs. The
 core never imports a modality: it only calls the `register(subparsers)` function an entry point
-names. A broken extension is reported loudly, never swallowed.
+names. A broken extension is reported loudly, never swallowed: one that fails to import (say, the
+`threed` commands on an install without the `threed` extra) still gets its subcommand, which exits
+with the import error as a one-line message, and every other subcommand keeps working.
 
 `extradim eval TARGET` works the same way one level down: each entry point of the
 `extradim.evals` group names a `register(eval_subparsers)` that adds one evaluation target
@@ -35,13 +37,29 @@ def _core_commands() -> list[tuple[str, Register]]:
     return commands
 
 
+def _unavailable(name: str, message: str) -> Register:
+    """A stand-in subcommand for an extension that failed to import: any use exits with ``message``."""
+
+    def register(sub: argparse._SubParsersAction) -> None:
+        p = sub.add_parser(name, help=f"(unavailable: {message})", add_help=False)
+        p.add_argument("args", nargs=argparse.REMAINDER)
+
+        def fail(_: argparse.Namespace) -> int:
+            raise ExtradimError(message)
+
+        p.set_defaults(func=fail)
+
+    return register
+
+
 def _load_group(group: str, what: str) -> list[tuple[str, Register]]:
     found = []
     for ep in sorted(entry_points(group=group), key=lambda e: e.name):
         try:
             found.append((ep.name, ep.load()))
         except Exception as exc:  # an extension that fails to import must say so, not vanish
-            raise ExtradimError(f"extension {what} {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
+            message = f"extension {what} {ep.name!r} ({ep.value}) failed to load: {exc}"
+            found.append((ep.name, _unavailable(ep.name, message)))
     return found
 
 

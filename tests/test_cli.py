@@ -55,3 +55,34 @@ def test_eval_help_lists_targets(capsys) -> None:
     assert "usage: extradim eval" in out and "TARGET" in out
     assert main(["eval"]) == 0  # no target: the same help, exit 0
     assert "usage: extradim eval" in capsys.readouterr().out
+
+
+def test_an_extension_that_fails_to_import_breaks_only_its_own_command(monkeypatch, capsys) -> None:
+    """E.g. `extradim[video]` installed without the threed extra: `extradim video` must still work."""
+    import shared_core.cli as cli
+
+    class _EP:
+        def __init__(self, name: str, load) -> None:
+            self.name, self.value, self._load = name, f"ext.{name}:register", load
+
+        def load(self):
+            return self._load()
+
+    def broken():
+        raise ModuleNotFoundError("No module named 'trimesh'")
+
+    def hello(sub) -> None:
+        p = sub.add_parser("hello")
+        p.add_argument("--n", type=int, default=1)
+        p.set_defaults(func=lambda a: print("hello" * a.n) or 0)
+
+    groups = {"extradim.commands": [_EP("hello", lambda: hello), _EP("mesh", broken)], "extradim.evals": []}
+    monkeypatch.setattr(cli, "entry_points", lambda group: groups[group])
+    assert main(["hello", "--n", "2"]) == 0
+    assert capsys.readouterr().out == "hellohello\n"
+    assert main(["mesh", "x.glb", "--seed", "3"]) == 2  # any arguments: the import error, one line
+    err = capsys.readouterr().err
+    why = "extension command 'mesh' (ext.mesh:register) failed to load: No module named 'trimesh'"
+    assert err == f"extradim: error: {why}\n"
+    assert main([]) == 0
+    assert "unavailable" in capsys.readouterr().out  # the help lists it as unavailable
