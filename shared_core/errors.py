@@ -20,6 +20,18 @@ class CheckpointError(ExtradimError):
     """A missing, corrupt or mismatched checkpoint."""
 
 
+def first_line(error: BaseException | str) -> str:
+    """The first non-blank line of an error's (or a text's) message, for one-line reports.
+
+    An exception with an empty message gives its type name, so the report is never empty and never
+    an ``IndexError`` of its own.
+    """
+    for line in str(error).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(error).__name__ if isinstance(error, BaseException) else ""
+
+
 @contextmanager
 def clean_warnings(printed: set[str]) -> Iterator[None]:
     """Turn UserWarnings (e.g. a truncated prompt) into one ``extradim: warning: ...`` line each on
@@ -28,7 +40,7 @@ def clean_warnings(printed: set[str]) -> Iterator[None]:
         warnings.simplefilter("always", UserWarning)
         yield
     for w in caught:
-        msg = str(w.message).splitlines()[0]
+        msg = first_line(w.message)
         if issubclass(w.category, UserWarning) and msg not in printed:
             printed.add(msg)
             print(f"extradim: warning: {msg}", file=sys.stderr)

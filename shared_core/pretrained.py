@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from shared_core.config import from_yaml, to_yaml
-from shared_core.errors import CheckpointError, ConfigError
+from shared_core.errors import CheckpointError, ConfigError, first_line
 from shared_core.io import atomic_path
 
 __all__ = [
@@ -73,7 +73,7 @@ def load_pretrained(
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"corrupt checkpoint {weights}: {str(exc).splitlines()[0]}") from exc
+        raise CheckpointError(f"corrupt checkpoint {weights}: {first_line(exc)}") from exc
     model = build(cfg)
     load_state_strict(model, state, f"checkpoint {weights} does not match its config")
     return model, cfg, weights
@@ -131,5 +131,5 @@ def load_tagged(path: str | os.PathLike[str], fmt: str, build: Callable[[dict[st
         net = build(json.loads(meta["config"]))
         net.load_state_dict(state)
     except (SafetensorError, OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-        raise CheckpointError(f"bad {what} {path}: {str(exc).splitlines()[0]}") from exc
+        raise CheckpointError(f"bad {what} {path}: {first_line(exc)}") from exc
     return net.eval()

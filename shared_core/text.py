@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from shared_core.errors import ExtradimError
+from shared_core.errors import ExtradimError, first_line
 
 __all__ = ["DEFAULT_ENCODER", "TextEmbedding", "TextEncoder", "check_prompt", "default_encoder_path"]
 
@@ -90,7 +90,7 @@ def _load_hf(path: Path) -> tuple[Any, Any]:
         else:
             model = AutoModel.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
-        raise ExtradimError(f"cannot load a text encoder from {path}: {str(exc).splitlines()[0]}") from exc
+        raise ExtradimError(f"cannot load a text encoder from {path}: {first_line(exc)}") from exc
     if hasattr(model, "text_model") and hasattr(model, "vision_model"):  # a full CLIP: its text tower
         model = model.text_model
     return tokenizer, model.eval().requires_grad_(False)

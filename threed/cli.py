@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shared_core.errors import ExtradimError, clean_warnings
+from shared_core.errors import ExtradimError, clean_warnings, first_line
 from shared_core.io import check_writable
 from shared_core.text import check_prompt
 
@@ -156,7 +156,7 @@ def _run_points(args: argparse.Namespace) -> int:
         try:
             mesh = points_to_mesh(cloud)
         except ValueError as exc:  # e.g. a cloud that encloses no volume
-            mesh_error = str(exc).splitlines()[0]
+            mesh_error = first_line(exc)
         timings["mesh_s"] = time.perf_counter() - t
     stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     rounded = {k: round(v, 3) for k, v in timings.items()}

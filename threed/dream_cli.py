@@ -30,7 +30,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from shared_core.errors import ExtradimError, clean_warnings
+from shared_core.errors import ExtradimError, clean_warnings, first_line
 from shared_core.text import check_prompt
 
 __all__ = ["check_out_folder", "register", "run_dream"]
@@ -172,7 +172,7 @@ def run_dream(args: argparse.Namespace) -> int:
             iio.imwrite(partial / "turntable.mp4", np.stack(arr), fps=12, codec="libx264", macro_block_size=1)
         except Exception as exc:  # no ffmpeg: the GIF stands alone
             (partial / "turntable.mp4").unlink(missing_ok=True)
-            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+            reason = first_line(exc)
             print(f"extradim: warning: no turntable.mp4 ({reason})", file=sys.stderr)
         k = len(frames)
         _save_png(torch.cat([frames[i * k // 4] for i in range(4)], 2), partial / "views.png")

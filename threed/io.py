@@ -15,7 +15,7 @@ import torch
 import trimesh
 from torch import Tensor
 
-from shared_core.errors import ExtradimError
+from shared_core.errors import ExtradimError, first_line
 from shared_core.io import atomic_path, check_writable
 
 __all__ = ["POINT_SUFFIXES", "load_points", "save_points"]
@@ -24,8 +24,7 @@ POINT_SUFFIXES = (".ply", ".obj", ".npy")
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+    return f"{type(e).__name__}: {first_line(e)}" if str(e).strip() else type(e).__name__
 
 
 def _read(p: Path) -> np.ndarray:

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from shared_core.denoiser import NetworkDenoiser
-from shared_core.errors import CheckpointError, ExtradimError
+from shared_core.errors import CheckpointError, ExtradimError, first_line
 from shared_core.guidance import CFGDenoiser
 from shared_core.schedules import DiscreteSchedule
 from threed.views import view_phrase
@@ -68,7 +68,7 @@ class StableDiffusionPrior:
             pipe = StableDiffusionPipeline.from_pretrained(p, safety_checker=None, local_files_only=True)
         except Exception as exc:
             raise CheckpointError(
-                f"cannot load the Stable Diffusion pipeline in {p}: {str(exc).splitlines()[0]}"
+                f"cannot load the Stable Diffusion pipeline in {p}: {first_line(exc)}"
             ) from None
         return cls(pipe, p)
 

@@ -143,15 +143,13 @@ def load_autoencoder(ae: FrameAutoencoder, path: str | os.PathLike[str]) -> None
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from shared_core.errors import CheckpointError
+    from shared_core.errors import CheckpointError, first_line
     from shared_core.pretrained import load_state_strict
 
     try:
         state = {k[3:]: v for k, v in load_file(str(path)).items() if k.startswith("ae.")}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(
-            f"cannot read autoencoder.init {path}: {(str(exc).splitlines() or [repr(exc)])[0]}"
-        ) from exc
+        raise CheckpointError(f"cannot read autoencoder.init {path}: {first_line(exc)}") from exc
     if not state:
         raise CheckpointError(f"autoencoder.init {path} holds no autoencoder (no 'ae.*' tensors)")
     load_state_strict(ae, state, f"autoencoder.init {path} does not match autoencoder config")

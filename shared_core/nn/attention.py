@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from shared_core.errors import first_line
+
 __all__ = ["ATTENTION_BACKENDS", "Attention", "AttentionBackend", "fold_axes", "unfold_axes"]
 
 AttentionBackend = Literal["auto", "sdpa", "xformers"]
@@ -235,7 +237,7 @@ class Attention(nn.Module):
                 try:
                     return self._attend_xformers(q, k, v, key_mask)
                 except NotImplementedError as exc:  # xformers' dispatcher found no kernel
-                    first = (str(exc).splitlines() or [repr(exc)])[0].strip()
+                    first = first_line(exc)
                     what = f"no kernel for {q.dtype} attention with head size {q.shape[-1]} ({first})"
                     if self.backend == "xformers":  # asked for by name: an error, not a fallback
                         raise RuntimeError(
