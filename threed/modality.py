@@ -19,6 +19,7 @@ Captions come from an embedding bank of every caption the world can produce (604
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,10 +72,15 @@ class PointsModelConfig:
     num_heads: int = 4
     mlp_ratio: float = 4.0
     text_dim: int = 384  # width of the text encoder's token states (base only)
+    # F > 0: each point token (and each coarse point) also carries sin/cos of pi 2^k x for
+    # k < F per coordinate (NeRF's positional encoding), so that attention can tell near from far.
+    fourier_frequencies: int = 0
 
     def __post_init__(self) -> None:
         if self.stage not in ("base", "upsampler"):
             raise ValueError(f"stage must be 'base' or 'upsampler', got {self.stage!r}")
+        if not 0 <= self.fourier_frequencies <= 16:
+            raise ValueError(f"fourier_frequencies must be in 0..16, got {self.fourier_frequencies}")
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,13 @@ class PointsConfig(RunConfig):
     sample: PointsSampleConfig = field(default_factory=PointsSampleConfig)
 
 
+def fourier_features(xyz: Tensor, frequencies: int) -> Tensor:
+    """``(..., 3) -> (..., 6 F)``: sin and cos of ``pi 2^k xyz`` for ``k < F``."""
+    freqs = math.pi * 2.0 ** torch.arange(frequencies, dtype=xyz.dtype, device=xyz.device)
+    angles = (xyz[..., None] * freqs).flatten(-2)  # (..., 3F)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
 class PointsModel(nn.Module):
     """A token-set DiT over points ``(B, N, 6)``; see the module docstring for the two stages.
 
@@ -115,16 +128,19 @@ class PointsModel(nn.Module):
         m = cfg.model
         self.stage = m.stage
         base = m.stage == "base"
+        self.fourier = m.fourier_frequencies
+        features = 6 + 6 * self.fourier
         self.coarse_embed = (
             None
             if base
             else nn.Sequential(
-                nn.Linear(6, m.hidden_size), nn.SiLU(), nn.Linear(m.hidden_size, m.hidden_size)
+                nn.Linear(features, m.hidden_size), nn.SiLU(), nn.Linear(m.hidden_size, m.hidden_size)
             )
         )
         self.dit = DiT(
             DiTConfig(
-                in_channels=6,
+                in_channels=features,
+                target_channels=6,
                 patch_size=None,
                 hidden_size=m.hidden_size,
                 depth=m.depth,
@@ -144,9 +160,13 @@ class PointsModel(nn.Module):
         pooled: Tensor | None = None,
         coarse: Tensor | None = None,
     ) -> Tensor:
+        if self.fourier:
+            x = torch.cat([x, fourier_features(x[..., :3], self.fourier)], dim=-1)
         if self.coarse_embed is not None:
             if coarse is None:
                 raise ValueError("the upsampler needs the coarse cloud (coarse=)")
+            if self.fourier:
+                coarse = torch.cat([coarse, fourier_features(coarse[..., :3], self.fourier)], dim=-1)
             return self.dit(x, t, context=self.coarse_embed(coarse))
         return self.dit(x, t, context=context, context_mask=context_mask, pooled=pooled)
 

@@ -50,6 +50,38 @@ def _sigmas(schedule: Schedule, steps: int, spacing: str) -> Tensor:
     return schedule.sigmas(steps, spacing=spacing)  # type: ignore[call-arg]
 
 
+def upsample(
+    model: PointsModel,
+    cfg: PointsConfig,
+    coarse: Tensor,
+    n: int,
+    ids: Sequence[int],
+    seed: int = 0,
+    callback: Callable[[int], None] | None = None,
+) -> Tensor:
+    """``n`` extra points ``(B, n, 6)`` for each coarse cloud ``(B, M, 6)`` from an upsampler stage.
+
+    Row ``b`` draws its noise from ``(seed, ids[b])``, so a cloud does not depend on its batch.
+    """
+    schedule = build_schedule(cfg.diffusion)
+    sigmas = _sigmas(schedule, cfg.sample.steps, cfg.sample.spacing)
+    den = NetworkDenoiser(model, schedule, cfg.diffusion.prediction)
+    # The extra points come in chunks of the trained set size m, each conditioned on the same
+    # coarse cloud and denoised as its own batch row: given the shape (which the coarse cloud
+    # carries) surface samples are independent, so chunks need not see each other, and
+    # attention costs k m^2 instead of (k m)^2 (training on m = 512 is 3x cheaper than 1536).
+    m = cfg.data.num_points
+    k = -(-n // m)
+    noise = [randn((m, 6), make_generator(derive_seed(seed, 2, i, c))) for i in ids for c in range(k)]
+    x = torch.stack(noise).to(coarse.device) * float(schedule.prior_std(sigmas[0]))
+    cb = (lambda _info: callback(len(ids))) if callback else None
+    g = [make_generator(derive_seed(seed, 3, i, c)) for i in ids for c in range(k)]
+    sample = get_sampler(cfg.sample.sampler)
+    cond = {"coarse": coarse.repeat_interleave(k, dim=0)}
+    fine = sample(den, x, sigmas, extra_args=cond, callback=cb, generator=g)
+    return fine.reshape(len(ids), k * m, 6)[:, :n]
+
+
 class PointsPipeline:
     """The base and upsampler models with the text encoder and their sampling defaults."""
 
@@ -179,21 +211,4 @@ class PointsPipeline:
 
     def _upsample(self, coarse: Tensor, n: int, ids: list[int], seed: int, callback: Any) -> Tensor:
         assert self.upsampler is not None and self.up_cfg is not None
-        cfg = self.up_cfg
-        schedule = build_schedule(cfg.diffusion)
-        sigmas = _sigmas(schedule, cfg.sample.steps, cfg.sample.spacing)
-        den = NetworkDenoiser(self.upsampler, schedule, cfg.diffusion.prediction)
-        # The extra points come in chunks of the trained set size m, each conditioned on the same
-        # coarse cloud and denoised as its own batch row: given the shape (which the coarse cloud
-        # carries) surface samples are independent, so chunks need not see each other, and
-        # attention costs k m^2 instead of (k m)^2 (training on m = 512 is 3x cheaper than 1536).
-        m = cfg.data.num_points
-        k = -(-n // m)
-        noise = [randn((m, 6), make_generator(derive_seed(seed, 2, i, c))) for i in ids for c in range(k)]
-        x = torch.stack(noise) * float(schedule.prior_std(sigmas[0]))
-        cb = (lambda _info: callback(len(ids))) if callback else None
-        g = [make_generator(derive_seed(seed, 3, i, c)) for i in ids for c in range(k)]
-        sample = get_sampler(cfg.sample.sampler)
-        cond = {"coarse": coarse.repeat_interleave(k, dim=0)}
-        fine = sample(den, x, sigmas, extra_args=cond, callback=cb, generator=g)
-        return fine.reshape(len(ids), k * m, 6)[:, :n]
+        return upsample(self.upsampler, self.up_cfg, coarse, n, ids, seed, callback)

@@ -62,6 +62,9 @@ class DiTConfig:
         num_heads: attention heads (`hidden_size % num_heads == 0`).
         mlp_ratio: MLP hidden width / `D`.
         learn_sigma: also output the variance interpolation channels (IDDPM): out channels `2C`.
+        target_channels: channels the model predicts, the first ones of the input (0: all
+            `in_channels`). The rest are conditioning features concatenated to the input (e.g. a
+            low-resolution image, or Fourier features of a token's coordinates) and not predicted.
         num_classes: class-conditional if > 0 (labels in `[0, num_classes)`, `num_classes` = null).
         class_dropout_prob: training-time probability of replacing a label by the null class.
         pooled_dim: size of a pooled condition vector added to the timestep embedding (0: none).
@@ -84,6 +87,7 @@ class DiTConfig:
     num_heads: int = 6
     mlp_ratio: float = 4.0
     learn_sigma: bool = False
+    target_channels: int = 0
     num_classes: int = 0
     class_dropout_prob: float = 0.1
     pooled_dim: int = 0
@@ -103,6 +107,10 @@ class DiTConfig:
             object.__setattr__(self, "grid_axes", tuple(self.grid_axes))
         if not isinstance(self.attn_layout, str):
             object.__setattr__(self, "attn_layout", tuple(tuple(g) for g in self.attn_layout))
+        if not 0 <= self.target_channels <= self.in_channels:
+            raise ValueError(
+                f"target_channels must be in 0..in_channels={self.in_channels}, got {self.target_channels}"
+            )
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
         if self.patch_size is not None and (not 1 <= len(self.patch_size) <= 3 or min(self.patch_size) < 1):
@@ -126,8 +134,10 @@ class DiTConfig:
 
     @property
     def out_channels(self) -> int:
-        """Output channels: `2 * in_channels` with learned variance."""
-        return 2 * self.in_channels if self.learn_sigma else self.in_channels
+        """Output channels: the predicted channels (`target_channels` or `in_channels`), twice that
+        with learned variance."""
+        c = self.target_channels or self.in_channels
+        return 2 * c if self.learn_sigma else c
 
     def block_axes(self) -> list[tuple[int, ...] | None]:
         """Per block, the token-grid axes its self-attention runs over (`None` = joint)."""
@@ -390,8 +400,8 @@ class DiT(nn.Module):
             pooled: `(B, Dp)` pooled condition vector; required iff `pooled_dim > 0`.
 
         Returns:
-            Same shape as `x`, with `2C` channels when `learn_sigma` (channel axis 1 for grids, last
-            axis for token sets).
+            Same shape as `x` but with `out_channels` channels (`C`; `target_channels` if set; twice
+            that when `learn_sigma`), channel axis 1 for grids, last axis for token sets.
         """
         cfg, patch = self.config, self.config.patch_size
         self._check_inputs(x, y, context, pooled)

@@ -149,6 +149,15 @@ def test_token_set_shape_and_permutation_equivariance() -> None:
     torch.testing.assert_close(model(x[:, perm], t, y), out[:, perm], atol=1e-5, rtol=1e-5)
 
 
+def test_target_channels_predict_only_the_leading_input_channels() -> None:
+    grid = randomized(DiT(tiny_config(in_channels=5, target_channels=3, learn_sigma=True)))
+    assert grid(torch.randn(2, 5, 8, 6), torch.tensor([1, 2])).shape == (2, 6, 8, 6)
+    tokens = randomized(DiT(tiny_config(patch_size=None, in_channels=5, target_channels=3)))
+    assert tokens(torch.randn(2, 7, 5), torch.tensor([1, 2])).shape == (2, 7, 3)
+    with pytest.raises(ValueError, match="target_channels"):
+        DiTConfig(in_channels=3, target_channels=4)
+
+
 def test_factorised_equals_joint_with_one_group_of_all_axes() -> None:
     joint = randomized(DiT(tiny_config(patch_size=(4,))))
     single_axis = DiT(tiny_config(patch_size=(4,), attn_layout=((0,),)))

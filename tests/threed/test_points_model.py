@@ -11,7 +11,14 @@ import torch
 from shared_core.config import from_dict
 from shared_core.errors import CheckpointError, ExtradimError
 from shared_core.text import EmbeddingBank, TextEncoder
-from threed.modality import PointsConfig, PointsDataset, PointsModality, PointsModel, all_captions
+from threed.modality import (
+    PointsConfig,
+    PointsDataset,
+    PointsModality,
+    PointsModel,
+    all_captions,
+    fourier_features,
+)
 from threed.pipeline import PointsPipeline, save_points_checkpoint
 from threed.world import parse_caption
 
@@ -25,8 +32,9 @@ TINY = {
 }
 
 
-def _cfg(stage: str) -> PointsConfig:
-    return from_dict(PointsConfig, {**TINY, "model": {**TINY["model"], "stage": stage}})
+def _cfg(stage: str, fourier: int = 0) -> PointsConfig:
+    model = {**TINY["model"], "stage": stage, "fourier_frequencies": fourier}
+    return from_dict(PointsConfig, {**TINY, "model": model})
 
 
 @pytest.fixture(scope="module")
@@ -56,19 +64,31 @@ def test_all_captions_parse_back() -> None:
     assert all(parse_caption(c) is not None for c in caps)
 
 
-def test_models_are_permutation_equivariant() -> None:
+@pytest.mark.parametrize("fourier", [0, 3])
+def test_models_are_permutation_equivariant(fourier: int) -> None:
     torch.manual_seed(0)
     for stage in ("base", "upsampler"):
-        model = _randomise(PointsModel(_cfg(stage))).eval()
+        model = _randomise(PointsModel(_cfg(stage, fourier))).eval()
         x, t, perm = torch.randn(2, 32, 6), torch.tensor([10.0, 500.0]), torch.randperm(32)
         cond = (
             {"context": torch.randn(2, 16, 384), "context_mask": torch.ones(2, 16, dtype=torch.bool),
              "pooled": torch.randn(2, 384)}
             if stage == "base" else {"coarse": torch.randn(2, 16, 6)}
         )  # fmt: skip
-        torch.testing.assert_close(model(x[:, perm], t, **cond), model(x, t, **cond)[:, perm])
+        out = model(x, t, **cond)
+        assert out.shape == x.shape  # Fourier features are inputs only
+        torch.testing.assert_close(model(x[:, perm], t, **cond), out[:, perm])
     with pytest.raises(ValueError, match="coarse"):
         PointsModel(_cfg("upsampler"))(torch.randn(1, 4, 6), torch.zeros(1))
+
+
+def test_fourier_features_encode_each_coordinate_at_octave_frequencies() -> None:
+    xyz = torch.tensor([[0.25, -0.5, 1.0]])
+    f = fourier_features(xyz, 2)
+    angles = torch.pi * torch.tensor([0.25, 0.5, -0.5, -1.0, 1.0, 2.0])  # (x, y, z) x (1, 2)
+    torch.testing.assert_close(f, torch.cat([angles.sin(), angles.cos()])[None])
+    with pytest.raises(ValueError, match="fourier_frequencies"):
+        _cfg("base", -1)
 
 
 def test_datasets_are_deterministic_and_shaped(encoder: TextEncoder) -> None:
