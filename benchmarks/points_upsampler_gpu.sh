@@ -16,7 +16,7 @@ run() {  # name steps overrides...
     --out "/tmp/runs/$name" train.steps="$steps" train.device=cuda train.precision=fp32 \
     train.checkpoint.every="$steps" "$@" >"/tmp/runs/$name.log" 2>&1
   echo "$name train rc=$? wall=$((SECONDS - t0))s $*" >>"$OUT/summary.txt"
-  tr '\r' '\n' <"/tmp/runs/$name.log" | grep -v "step/s\]" | tail -3 >>"$OUT/summary.txt"
+  tr '\r' '\n' <"/tmp/runs/$name.log" | grep -v "step/s\]" | tail -3 | sed "s/^/$name: /" >>"$OUT/summary.txt"
   OMP_NUM_THREADS=3 timeout 60 python3 benchmarks/points_upsampler_probe.py --per-class 2 \
     --upsampler "/tmp/runs/$name/checkpoints/step_$(printf %08d "$steps")" --out "$OUT/$name.json" \
     >"/tmp/runs/$name.probe" 2>&1

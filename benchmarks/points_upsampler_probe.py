@@ -3,9 +3,10 @@
     python benchmarks/points_upsampler_probe.py [--upsampler FILE_OR_RUN_CHECKPOINT] [--per-class 4]
 
 For each shape: ``per-class`` objects of the shape world (seed 777, unseen in training), each
-sampled with 512 + 4096 points; the first 512 are the coarse cloud the upsampler is conditioned on,
-the other 4096 stand in for the true surface. The upsampler draws 1536 extra points (the default
-2048-point cloud). Reported per class and overall:
+sampled with 512 + 4096 + 1536 points; the first 512 are the coarse cloud the upsampler is
+conditioned on, the next 4096 stand in for the true surface, the last 1536 are the real floor. The
+upsampler draws 1536 extra points (the default 2048-point cloud), clamped to +-1.5 as
+``PointsPipeline.generate`` does. Reported per class and overall:
 
 - ``acc``: mean distance from a generated point to the nearest surface point (lower is better);
 - ``comp``: mean distance from a surface point to the nearest generated point (coverage);
@@ -44,7 +45,7 @@ def probe(model: PointsModel, cfg: PointsConfig, per_class: int) -> dict[str, di
         coarse, surface, real = pts[:, :COARSE], pts[:, COARSE : COARSE + SURFACE, :3], pts[:, -EXTRA:, :3]
         ids = list(range(k * per_class, (k + 1) * per_class))
         with torch.no_grad():
-            fine = upsample(model, cfg, coarse, EXTRA, ids, seed=0)[..., :3]
+            fine = upsample(model, cfg, coarse, EXTRA, ids, seed=0)[..., :3].clamp(-1.5, 1.5)
         row = {}
         for name, x in (("", fine), ("real_", real)):
             d = nn_dist(x, surface)
@@ -68,7 +69,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     model, cfg, path = load_pretrained(args.upsampler, PointsConfig, PointsModel)
-    if args.steps:
+    if cfg.model.stage != "upsampler":
+        raise SystemExit(f"{args.upsampler} is a {cfg.model.stage} checkpoint, not an upsampler")
+    if args.steps is not None:
         import dataclasses
 
         cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, steps=args.steps))

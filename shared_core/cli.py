@@ -3,9 +3,11 @@
 Subcommands come from two places: the core's own (below) and the `extradim.commands` entry-point
 group, through which `video`, `threed` and the extension packages in `packages/` add theirs. The
 core never imports a modality: it only calls the `register(subparsers)` function an entry point
-names. A broken extension is reported loudly, never swallowed: one that fails to import (say, the
-`threed` commands on an install without the `threed` extra) still gets its subcommand, which exits
-with the import error as a one-line message, and every other subcommand keeps working.
+names. A broken extension is reported loudly, never swallowed: one that fails to import (say, an
+evaluation target whose module needs a package of an extra that is not installed) still gets its
+subcommand, which exits with the import error as one line whatever its arguments, and every other
+subcommand keeps working. A dependency missing at run time (modalities import their heavy packages
+lazily) is also one line naming the module, not a traceback.
 
 `extradim eval TARGET` works the same way one level down: each entry point of the
 `extradim.evals` group names a `register(eval_subparsers)` that adds one evaluation target
@@ -20,7 +22,7 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 
 from shared_core import __version__
-from shared_core.errors import ExtradimError
+from shared_core.errors import ExtradimError, first_line
 
 Register = Callable[[argparse._SubParsersAction], None]
 
@@ -41,7 +43,10 @@ def _unavailable(name: str, message: str) -> Register:
     """A stand-in subcommand for an extension that failed to import: any use exits with ``message``."""
 
     def register(sub: argparse._SubParsersAction) -> None:
-        p = sub.add_parser(name, help=f"(unavailable: {message})", add_help=False)
+        # No prefix characters and no -h: every argument, "--seed" and "--help" included, is taken
+        # by the catch-all positional, so any use reaches `fail`.
+        help_text = f"(unavailable: {message})".replace("%", "%%")
+        p = sub.add_parser(name, help=help_text, add_help=False, prefix_chars="\x00")
         p.add_argument("args", nargs=argparse.REMAINDER)
 
         def fail(_: argparse.Namespace) -> int:
@@ -58,7 +63,7 @@ def _load_group(group: str, what: str) -> list[tuple[str, Register]]:
         try:
             found.append((ep.name, ep.load()))
         except Exception as exc:  # an extension that fails to import must say so, not vanish
-            message = f"extension {what} {ep.name!r} ({ep.value}) failed to load: {exc}"
+            message = f"extension {what} {ep.name!r} ({ep.value}) failed to load: {first_line(exc)}"
             found.append((ep.name, _unavailable(ep.name, message)))
     return found
 
@@ -107,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ExtradimError as exc:
         print(f"extradim: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # an optional dependency (an extra) that is not installed
+        print(
+            f"extradim: error: {exc}; install the extra that provides it (README, Install)", file=sys.stderr
+        )
         return 2
     except KeyboardInterrupt:
         print("extradim: interrupted", file=sys.stderr)

@@ -58,7 +58,7 @@ def test_eval_help_lists_targets(capsys) -> None:
 
 
 def test_an_extension_that_fails_to_import_breaks_only_its_own_command(monkeypatch, capsys) -> None:
-    """E.g. `extradim[video]` installed without the threed extra: `extradim video` must still work."""
+    """E.g. an eval target whose module needs a missing package: the other commands must still work."""
     import shared_core.cli as cli
 
     class _EP:
@@ -76,13 +76,38 @@ def test_an_extension_that_fails_to_import_breaks_only_its_own_command(monkeypat
         p.add_argument("--n", type=int, default=1)
         p.set_defaults(func=lambda a: print("hello" * a.n) or 0)
 
-    groups = {"extradim.commands": [_EP("hello", lambda: hello), _EP("mesh", broken)], "extradim.evals": []}
+    groups = {
+        "extradim.commands": [_EP("hello", lambda: hello), _EP("mesh", broken)],
+        "extradim.evals": [_EP("mesh", broken)],
+    }
     monkeypatch.setattr(cli, "entry_points", lambda group: groups[group])
     assert main(["hello", "--n", "2"]) == 0
     assert capsys.readouterr().out == "hellohello\n"
-    assert main(["mesh", "x.glb", "--seed", "3"]) == 2  # any arguments: the import error, one line
-    err = capsys.readouterr().err
     why = "extension command 'mesh' (ext.mesh:register) failed to load: No module named 'trimesh'"
-    assert err == f"extradim: error: {why}\n"
+    for args in (["x.glb", "--seed", "3"], ["--seed", "3"], ["--help"], ["-o", "x.glb"], []):
+        assert main(["mesh", *args]) == 2, args  # any arguments: the import error, one line
+        assert capsys.readouterr().err == f"extradim: error: {why}\n"
+    assert main(["eval", "mesh", "--per-class", "2"]) == 2  # an eval target works the same way
+    assert "extension eval 'mesh' (ext.mesh:register) failed to load" in capsys.readouterr().err
     assert main([]) == 0
     assert "unavailable" in capsys.readouterr().out  # the help lists it as unavailable
+
+
+def test_a_missing_optional_dependency_at_run_time_is_one_line(monkeypatch, capsys) -> None:
+    import shared_core.cli as cli
+
+    def lazy(sub) -> None:
+        def run(_) -> int:
+            import extradim_no_such_module  # noqa: F401  (a lazily imported optional dependency)
+
+            return 0
+
+        sub.add_parser("lazy").set_defaults(func=run)
+
+    groups = {"extradim.commands": [type("EP", (), {"name": "lazy", "value": "x", "load": lambda s: lazy})()]}
+    monkeypatch.setattr(cli, "entry_points", lambda group: groups.get(group, []))
+    assert main(["lazy"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("extradim: error: No module named 'extradim_no_such_module'") and err.count("\n") == 1
+    )

@@ -72,8 +72,9 @@ class PointsModelConfig:
     num_heads: int = 4
     mlp_ratio: float = 4.0
     text_dim: int = 384  # width of the text encoder's token states (base only)
-    # F > 0: each point token (and each coarse point) also carries sin/cos of pi 2^k x for
-    # k < F per coordinate (NeRF's positional encoding), so that attention can tell near from far.
+    # F > 0: each point token (and each coarse point) also carries sin/cos of (pi / 2) 2^k x for
+    # k < F per coordinate (NeRF's positional encoding; the lowest frequency's period, 4, spans the
+    # data's [-1, 1] without aliasing), so that attention can tell near from far.
     fourier_frequencies: int = 0
 
     def __post_init__(self) -> None:
@@ -110,8 +111,8 @@ class PointsConfig(RunConfig):
 
 
 def fourier_features(xyz: Tensor, frequencies: int) -> Tensor:
-    """``(..., 3) -> (..., 6 F)``: sin and cos of ``pi 2^k xyz`` for ``k < F``."""
-    freqs = math.pi * 2.0 ** torch.arange(frequencies, dtype=xyz.dtype, device=xyz.device)
+    """``(..., 3) -> (..., 6 F)``: sin and cos of ``(pi / 2) 2^k xyz`` for ``k < F``."""
+    freqs = math.pi / 2 * 2.0 ** torch.arange(frequencies, dtype=xyz.dtype, device=xyz.device)
     angles = (xyz[..., None] * freqs).flatten(-2)  # (..., 3F)
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 

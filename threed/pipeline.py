@@ -50,6 +50,7 @@ def _sigmas(schedule: Schedule, steps: int, spacing: str) -> Tensor:
     return schedule.sigmas(steps, spacing=spacing)  # type: ignore[call-arg]
 
 
+@torch.no_grad()
 def upsample(
     model: PointsModel,
     cfg: PointsConfig,

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from shared_core.errors import first_line
+
 __all__ = [
     "VIDEO_EXTENSIONS",
     "FolderVideoDataset",
@@ -163,7 +165,7 @@ def _quietly_collected(fn: Callable[..., Any]) -> Callable[..., Any]:
             try:
                 return fn(*args)
             except Exception as exc:
-                error = f"{type(exc).__name__}: {_first_line(exc)}"
+                error = _describe(exc)
             finally:
                 gc.collect()
         raise VideoReadError(error)
@@ -190,9 +192,9 @@ def _imageio_read(path: str, indices: list[int]) -> np.ndarray:
     return np.stack([got[i] for i in indices])
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc)
-    return text.splitlines()[0][:120] if text else ""
+def _describe(exc: BaseException) -> str:
+    """``"Type: first line"`` (at most 120 characters of the line), or the type alone."""
+    return f"{type(exc).__name__}: {first_line(exc)[:120]}" if str(exc).strip() else type(exc).__name__
 
 
 _COUNT: dict[str, Callable[[str], int]] = {
@@ -233,7 +235,7 @@ def _probe_file(path: str, backends: list[Backend]) -> tuple[Backend, int]:
                 raise VideoReadError("no frames")
             return b, n
         except Exception as exc:  # any backend failure means "try the next one"; reported below
-            errors.append(f"{b}: {type(exc).__name__}: {_first_line(exc)}")
+            errors.append(f"{b}: {_describe(exc)}")
     raise VideoReadError("; ".join(errors) or "no video backend installed (pip install eva-decord av)")
 
 
@@ -253,7 +255,7 @@ def read_frames(
                 raise VideoReadError(f"got {frames.shape[0]} of {len(indices)} frames")
             return torch.from_numpy(frames).permute(0, 3, 1, 2)
         except Exception as exc:  # try the next backend; all failures are reported together
-            errors.append(f"{b}: {type(exc).__name__}: {_first_line(exc)}")
+            errors.append(f"{b}: {_describe(exc)}")
     raise VideoReadError("; ".join(errors) or "no video backend installed (pip install eva-decord av)")
 
 

@@ -170,6 +170,8 @@ def to_diffusers_state_dict(
         )
     if config.mlp_ratio != 4.0:
         raise ValueError("diffusers' DiT has mlp_ratio 4")
+    if config.target_channels not in (0, config.in_channels):
+        raise ValueError("diffusers' DiT predicts all its input channels (target_channels must be 0)")
     sd, depth, p = state_dict, config.depth, ps[0]
     out: dict[str, Tensor] = {}
 

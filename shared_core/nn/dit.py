@@ -61,7 +61,8 @@ class DiTConfig:
         depth: number of blocks.
         num_heads: attention heads (`hidden_size % num_heads == 0`).
         mlp_ratio: MLP hidden width / `D`.
-        learn_sigma: also output the variance interpolation channels (IDDPM): out channels `2C`.
+        learn_sigma: also output the variance interpolation channels (IDDPM): twice the predicted
+            channels.
         target_channels: channels the model predicts, the first ones of the input (0: all
             `in_channels`). The rest are conditioning features concatenated to the input (e.g. a
             low-resolution image, or Fourier features of a token's coordinates) and not predicted.

@@ -85,7 +85,7 @@ def test_models_are_permutation_equivariant(fourier: int) -> None:
 def test_fourier_features_encode_each_coordinate_at_octave_frequencies() -> None:
     xyz = torch.tensor([[0.25, -0.5, 1.0]])
     f = fourier_features(xyz, 2)
-    angles = torch.pi * torch.tensor([0.25, 0.5, -0.5, -1.0, 1.0, 2.0])  # (x, y, z) x (1, 2)
+    angles = torch.pi / 2 * torch.tensor([0.25, 0.5, -0.5, -1.0, 1.0, 2.0])  # (x, y, z) x (1, 2)
     torch.testing.assert_close(f, torch.cat([angles.sin(), angles.cos()])[None])
     with pytest.raises(ValueError, match="fourier_frequencies"):
         _cfg("base", -1)
