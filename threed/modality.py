@@ -76,12 +76,17 @@ class PointsModelConfig:
     # k < F per coordinate (NeRF's positional encoding; the lowest frequency's period, 4, spans the
     # data's [-1, 1] without aliasing), so that attention can tell near from far.
     fourier_frequencies: int = 0
+    # Upsampler, k > 0: each noisy point also sees its k nearest coarse points (offsets and colours
+    # through a small shared MLP, max-pooled: a PointNet++-style local feature) as extra input channels.
+    local_k: int = 0
 
     def __post_init__(self) -> None:
         if self.stage not in ("base", "upsampler"):
             raise ValueError(f"stage must be 'base' or 'upsampler', got {self.stage!r}")
         if not 0 <= self.fourier_frequencies <= 16:
             raise ValueError(f"fourier_frequencies must be in 0..16, got {self.fourier_frequencies}")
+        if self.local_k < 0 or (self.local_k and self.stage != "upsampler"):
+            raise ValueError(f"local_k must be >= 0 and is for the upsampler only, got {self.local_k}")
 
 
 @dataclass(frozen=True)
@@ -131,6 +136,12 @@ class PointsModel(nn.Module):
         base = m.stage == "base"
         self.fourier = m.fourier_frequencies
         features = 6 + 6 * self.fourier
+        self.local_k, local_dim = m.local_k, m.hidden_size // 2
+        self.local_mlp = (
+            nn.Sequential(nn.Linear(6, local_dim), nn.SiLU(), nn.Linear(local_dim, local_dim))
+            if self.local_k
+            else None
+        )
         self.coarse_embed = (
             None
             if base
@@ -140,7 +151,7 @@ class PointsModel(nn.Module):
         )
         self.dit = DiT(
             DiTConfig(
-                in_channels=features,
+                in_channels=features + (local_dim if self.local_k else 0),
                 target_channels=6,
                 patch_size=None,
                 hidden_size=m.hidden_size,
@@ -161,15 +172,30 @@ class PointsModel(nn.Module):
         pooled: Tensor | None = None,
         coarse: Tensor | None = None,
     ) -> Tensor:
+        if self.coarse_embed is not None and coarse is None:
+            raise ValueError("the upsampler needs the coarse cloud (coarse=)")
+        local = None
+        if self.local_mlp is not None and coarse is not None:
+            local = self._local_features(x, coarse)
         if self.fourier:
             x = torch.cat([x, fourier_features(x[..., :3], self.fourier)], dim=-1)
-        if self.coarse_embed is not None:
-            if coarse is None:
-                raise ValueError("the upsampler needs the coarse cloud (coarse=)")
+        if local is not None:
+            x = torch.cat([x, local], dim=-1)
+        if self.coarse_embed is not None and coarse is not None:
             if self.fourier:
                 coarse = torch.cat([coarse, fourier_features(coarse[..., :3], self.fourier)], dim=-1)
             return self.dit(x, t, context=self.coarse_embed(coarse))
         return self.dit(x, t, context=context, context_mask=context_mask, pooled=pooled)
+
+    def _local_features(self, x: Tensor, coarse: Tensor) -> Tensor:
+        """(B, N, local_dim): max over each point's k nearest coarse points of MLP(offset, colour)."""
+        assert self.local_mlp is not None
+        k = min(self.local_k, coarse.shape[1])
+        idx = torch.cdist(x[..., :3], coarse[..., :3]).topk(k, dim=-1, largest=False).indices  # (B, N, k)
+        b = torch.arange(x.shape[0], device=x.device)[:, None, None]
+        nb = coarse[b, idx]  # (B, N, k, 6)
+        rel = torch.cat([nb[..., :3] - x[..., None, :3], nb[..., 3:]], dim=-1)
+        return self.local_mlp(rel).amax(dim=2)
 
 
 def text_null_condition(batch: int, length: int, dim: int) -> dict[str, Tensor]:

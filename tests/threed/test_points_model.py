@@ -32,8 +32,8 @@ TINY = {
 }
 
 
-def _cfg(stage: str, fourier: int = 0) -> PointsConfig:
-    model = {**TINY["model"], "stage": stage, "fourier_frequencies": fourier}
+def _cfg(stage: str, fourier: int = 0, local_k: int = 0) -> PointsConfig:
+    model = {**TINY["model"], "stage": stage, "fourier_frequencies": fourier, "local_k": local_k}
     return from_dict(PointsConfig, {**TINY, "model": model})
 
 
@@ -64,11 +64,11 @@ def test_all_captions_parse_back() -> None:
     assert all(parse_caption(c) is not None for c in caps)
 
 
-@pytest.mark.parametrize("fourier", [0, 3])
-def test_models_are_permutation_equivariant(fourier: int) -> None:
+@pytest.mark.parametrize(("fourier", "local_k"), [(0, 0), (3, 0), (0, 4), (2, 4)])
+def test_models_are_permutation_equivariant(fourier: int, local_k: int) -> None:
     torch.manual_seed(0)
     for stage in ("base", "upsampler"):
-        model = _randomise(PointsModel(_cfg(stage, fourier))).eval()
+        model = _randomise(PointsModel(_cfg(stage, fourier, local_k if stage == "upsampler" else 0))).eval()
         x, t, perm = torch.randn(2, 32, 6), torch.tensor([10.0, 500.0]), torch.randperm(32)
         cond = (
             {"context": torch.randn(2, 16, 384), "context_mask": torch.ones(2, 16, dtype=torch.bool),
@@ -89,6 +89,20 @@ def test_fourier_features_encode_each_coordinate_at_octave_frequencies() -> None
     torch.testing.assert_close(f, torch.cat([angles.sin(), angles.cos()])[None])
     with pytest.raises(ValueError, match="fourier_frequencies"):
         _cfg("base", -1)
+
+
+def test_local_features_see_the_nearest_coarse_points() -> None:
+    model = _randomise(PointsModel(_cfg("upsampler", local_k=2))).eval()
+    x = torch.zeros(1, 3, 6)
+    near = torch.tensor([[[0.1, 0, 0, 1, 1, 1], [0, 0.1, 0, 1, 1, 1]]])
+    far = torch.tensor([[[5.0, 5, 5, -1, -1, -1]]])
+    coarse = torch.cat([near, far], 1)
+    # only the two nearest coarse points count: moving the far one changes nothing
+    moved = torch.cat([near, far + 1], 1)
+    torch.testing.assert_close(model._local_features(x, coarse), model._local_features(x, moved))
+    assert not torch.allclose(model._local_features(x, coarse), model._local_features(x, coarse * 0.5))
+    with pytest.raises(ValueError, match="local_k"):
+        _cfg("base", local_k=2)
 
 
 def test_datasets_are_deterministic_and_shaped(encoder: TextEncoder) -> None:
