@@ -32,6 +32,14 @@ def first_line(error: BaseException | str) -> str:
     return type(error).__name__ if isinstance(error, BaseException) else ""
 
 
+def describe_error(error: BaseException, limit: int | None = None) -> str:
+    """``"ValueError: <first line>"`` (the line cut to ``limit`` characters), or the bare type name
+    when the message is empty."""
+    if not str(error).strip():
+        return type(error).__name__
+    return f"{type(error).__name__}: {first_line(error)[:limit]}"
+
+
 @contextmanager
 def clean_warnings(printed: set[str]) -> Iterator[None]:
     """Turn UserWarnings (e.g. a truncated prompt) into one ``extradim: warning: ...`` line each on

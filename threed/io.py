@@ -15,16 +15,12 @@ import torch
 import trimesh
 from torch import Tensor
 
-from shared_core.errors import ExtradimError, first_line
+from shared_core.errors import ExtradimError, describe_error
 from shared_core.io import atomic_path, check_writable
 
 __all__ = ["POINT_SUFFIXES", "load_points", "save_points"]
 
 POINT_SUFFIXES = (".ply", ".obj", ".npy")
-
-
-def _first_line(e: BaseException) -> str:
-    return f"{type(e).__name__}: {first_line(e)}" if str(e).strip() else type(e).__name__
 
 
 def _read(p: Path) -> np.ndarray:
@@ -63,7 +59,7 @@ def load_points(path: str | os.PathLike[str]) -> Tensor:
     try:
         points = _read(p)
     except Exception as e:  # every parser error of a bad file becomes one user-facing line
-        raise ExtradimError(f"cannot read point cloud {p}: {_first_line(e)}") from e
+        raise ExtradimError(f"cannot read point cloud {p}: {describe_error(e)}") from e
     if len(points) == 0:
         raise ExtradimError(f"point cloud {p} has no points")
     if not np.isfinite(points).all():

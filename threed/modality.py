@@ -172,20 +172,22 @@ class PointsModel(nn.Module):
         pooled: Tensor | None = None,
         coarse: Tensor | None = None,
     ) -> Tensor:
-        if self.coarse_embed is not None and coarse is None:
+        if self.coarse_embed is None:  # base
+            return self.dit(
+                self._with_fourier(x), t, context=context, context_mask=context_mask, pooled=pooled
+            )
+        if coarse is None:
             raise ValueError("the upsampler needs the coarse cloud (coarse=)")
-        local = None
-        if self.local_mlp is not None and coarse is not None:
-            local = self._local_features(x, coarse)
-        if self.fourier:
-            x = torch.cat([x, fourier_features(x[..., :3], self.fourier)], dim=-1)
-        if local is not None:
-            x = torch.cat([x, local], dim=-1)
-        if self.coarse_embed is not None and coarse is not None:
-            if self.fourier:
-                coarse = torch.cat([coarse, fourier_features(coarse[..., :3], self.fourier)], dim=-1)
-            return self.dit(x, t, context=self.coarse_embed(coarse))
-        return self.dit(x, t, context=context, context_mask=context_mask, pooled=pooled)
+        tokens = self._with_fourier(x)
+        if self.local_mlp is not None:
+            tokens = torch.cat([tokens, self._local_features(x, coarse)], dim=-1)
+        return self.dit(tokens, t, context=self.coarse_embed(self._with_fourier(coarse)))
+
+    def _with_fourier(self, points: Tensor) -> Tensor:
+        """``points`` with the Fourier features of their xyz appended (unchanged when F = 0)."""
+        if not self.fourier:
+            return points
+        return torch.cat([points, fourier_features(points[..., :3], self.fourier)], dim=-1)
 
     def _local_features(self, x: Tensor, coarse: Tensor) -> Tensor:
         """(B, N, local_dim): max over each point's k nearest coarse points of MLP(offset, colour)."""

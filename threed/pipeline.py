@@ -74,7 +74,7 @@ def upsample(
     m = cfg.data.num_points
     k = -(-n // m)
     noise = [randn((m, 6), make_generator(derive_seed(seed, 2, i, c))) for i in ids for c in range(k)]
-    x = torch.stack(noise).to(coarse.device) * float(schedule.prior_std(sigmas[0]))
+    x = torch.stack(noise) * float(schedule.prior_std(sigmas[0]))
     cb = (lambda _info: callback(len(ids))) if callback else None
     g = [make_generator(derive_seed(seed, 3, i, c)) for i in ids for c in range(k)]
     sample = get_sampler(cfg.sample.sampler)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from shared_core.errors import first_line
+from shared_core.errors import describe_error
 
 __all__ = [
     "VIDEO_EXTENSIONS",
@@ -165,7 +165,7 @@ def _quietly_collected(fn: Callable[..., Any]) -> Callable[..., Any]:
             try:
                 return fn(*args)
             except Exception as exc:
-                error = _describe(exc)
+                error = describe_error(exc, 120)
             finally:
                 gc.collect()
         raise VideoReadError(error)
@@ -190,11 +190,6 @@ def _imageio_read(path: str, indices: list[int]) -> np.ndarray:
     if len(got) < len(wanted):
         raise VideoReadError(f"decoded {len(got)} of {len(wanted)} requested frames")
     return np.stack([got[i] for i in indices])
-
-
-def _describe(exc: BaseException) -> str:
-    """``"Type: first line"`` (at most 120 characters of the line), or the type alone."""
-    return f"{type(exc).__name__}: {first_line(exc)[:120]}" if str(exc).strip() else type(exc).__name__
 
 
 _COUNT: dict[str, Callable[[str], int]] = {
@@ -235,7 +230,7 @@ def _probe_file(path: str, backends: list[Backend]) -> tuple[Backend, int]:
                 raise VideoReadError("no frames")
             return b, n
         except Exception as exc:  # any backend failure means "try the next one"; reported below
-            errors.append(f"{b}: {_describe(exc)}")
+            errors.append(f"{b}: {describe_error(exc, 120)}")
     raise VideoReadError("; ".join(errors) or "no video backend installed (pip install eva-decord av)")
 
 
@@ -255,7 +250,7 @@ def read_frames(
                 raise VideoReadError(f"got {frames.shape[0]} of {len(indices)} frames")
             return torch.from_numpy(frames).permute(0, 3, 1, 2)
         except Exception as exc:  # try the next backend; all failures are reported together
-            errors.append(f"{b}: {_describe(exc)}")
+            errors.append(f"{b}: {describe_error(exc, 120)}")
     raise VideoReadError("; ".join(errors) or "no video backend installed (pip install eva-decord av)")
 
 

@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 
-from shared_core.errors import clean_warnings, first_line
+from shared_core.errors import clean_warnings, describe_error, first_line
 
 
 @pytest.mark.parametrize(
@@ -22,6 +22,12 @@ from shared_core.errors import clean_warnings, first_line
 )
 def test_first_line(error: BaseException | str, expected: str) -> None:
     assert first_line(error) == expected
+
+
+def test_describe_error_names_the_type_and_cuts_the_line() -> None:
+    assert describe_error(OSError("moov atom not found\ncontext")) == "OSError: moov atom not found"
+    assert describe_error(ValueError("x" * 200), 120) == "ValueError: " + "x" * 120
+    assert describe_error(RuntimeError("  ")) == "RuntimeError"
 
 
 def test_clean_warnings_prints_each_user_warning_once_and_survives_empty_ones(capsys) -> None:
