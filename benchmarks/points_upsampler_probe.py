@@ -19,6 +19,7 @@ This isolates the upsampler from the base model: a perfect upsampler matches the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -63,6 +64,8 @@ def main() -> None:
     ap.add_argument("--upsampler", default=str(DEFAULT_UPSAMPLER))
     ap.add_argument("--per-class", type=int, default=4)
     ap.add_argument("--steps", type=int, default=None, help="sampling steps (default: the checkpoint's)")
+    ap.add_argument("--sigma-max", type=float, default=None, help="Karras top level (default: the checkpoint's)")
+    ap.add_argument("--project-k", type=int, default=None, help="upsampler's plane projection (default: the checkpoint's)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="write the JSON here too")
     args = ap.parse_args()
@@ -72,15 +75,19 @@ def main() -> None:
     if cfg.model.stage != "upsampler":
         raise SystemExit(f"{args.upsampler} is a {cfg.model.stage} checkpoint, not an upsampler")
     if args.steps is not None:
-        import dataclasses
-
         cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, steps=args.steps))
+    if args.project_k is not None:
+        cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, project_k=args.project_k))
+    if args.sigma_max is not None:
+        cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, sigma_max=args.sigma_max))
     model = model.eval()
     t = time.perf_counter()
     result = {
         "upsampler": str(path),
         "steps": cfg.sample.steps,
         "sampler": cfg.sample.sampler,
+        "sigma_max": cfg.sample.sigma_max,
+        "project_k": cfg.sample.project_k,
         "per_class": args.per_class,
         "classes": probe(model, cfg, args.per_class),
         "seconds": round(time.perf_counter() - t, 1),

@@ -96,6 +96,12 @@ class PointsSampleConfig:
     guidance: float = 3.0  # CFG scale s = 1 + w (base only; the upsampler is unguided)
     guidance_rescale: float = 0.0  # phi of guidance rescale (Lin et al.): 0 = plain CFG
     spacing: Literal["trailing", "leading", "linspace", "karras"] = "karras"
+    # Karras spacing's top level (VE sigma); None = the schedule's own (20291 for the discrete
+    # cosine, where most levels are pure noise for clouds of radius ~1; EDM uses 80).
+    sigma_max: float | None = None
+    # Upsampler, k > 0: each extra point is then moved onto the plane fitted (PCA) to its k nearest
+    # coarse points (one moving-least-squares projection step, Alexa et al. 2003); 0 = off.
+    project_k: int = 0
     batch_size: int = 32
     seed: int = 0
 
@@ -106,6 +112,10 @@ class PointsSampleConfig:
             raise ValueError("need steps >= 1, guidance >= 0 and batch_size >= 1")
         if not 0 <= self.guidance_rescale <= 1:
             raise ValueError(f"guidance_rescale must be in [0, 1], got {self.guidance_rescale}")
+        if self.project_k < 0 or self.project_k == 1 or self.project_k == 2:
+            raise ValueError(f"project_k must be 0 (off) or >= 3 (a plane needs 3 points), got {self.project_k}")
+        if self.sigma_max is not None and (self.sigma_max <= 0 or self.spacing != "karras"):
+            raise ValueError(f"sigma_max must be > 0 and needs spacing 'karras', got {self.sigma_max}")
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from shared_core.io import file_sha256
 from shared_core.pretrained import load_pretrained, save_pretrained
 from shared_core.random import make_generator, randn
 from shared_core.samplers import SAMPLERS, get_sampler
-from shared_core.schedules import Schedule
+from shared_core.schedules import Schedule, karras_sigmas
 from shared_core.text import TextEncoder
 from shared_core.train.distributed import derive_seed
 from shared_core.train.loop import build_schedule
@@ -42,12 +42,32 @@ def save_points_checkpoint(model: PointsModel, cfg: PointsConfig, path: str | os
     return save_pretrained(model, cfg, path, kind=f"points-{cfg.model.stage}")
 
 
-def _sigmas(schedule: Schedule, steps: int, spacing: str) -> Tensor:
+def _sigmas(schedule: Schedule, steps: int, spacing: str, sigma_max: float | None = None) -> Tensor:
     if spacing == "karras":
-        return schedule.sigmas(steps, karras=True)
+        if sigma_max is None:
+            return schedule.sigmas(steps, karras=True)
+        top = min(sigma_max, schedule.sigma_max)
+        if top <= schedule.sigma_min:
+            raise ExtradimError(f"sigma_max {sigma_max} is below the schedule's sigma_min {schedule.sigma_min:.4g}")
+        return karras_sigmas(steps, schedule.sigma_min, top)
     if not schedule.discrete:
         return schedule.sigmas(steps)
     return schedule.sigmas(steps, spacing=spacing)  # type: ignore[call-arg]
+
+
+def project_to_planes(points: Tensor, surface: Tensor, k: int) -> Tensor:
+    """Move each point of ``points (B, N, C)`` onto the plane through its ``k`` nearest points of
+    ``surface (B, M, C)`` (their centroid, normal = least-variance PCA axis): one moving-least-squares
+    projection step. Only xyz (the first 3 channels) change."""
+    k = min(k, surface.shape[1])
+    xyz, ref = points[..., :3], surface[..., :3]
+    idx = torch.cdist(xyz, ref).topk(k, dim=-1, largest=False).indices  # (B, N, k)
+    nb = ref[torch.arange(len(ref), device=ref.device)[:, None, None], idx]  # (B, N, k, 3)
+    centre = nb.mean(dim=2)
+    spread = nb - centre[..., None, :]
+    normal = torch.linalg.eigh(spread.transpose(-1, -2) @ spread).eigenvectors[..., 0]  # (B, N, 3)
+    offset = ((xyz - centre) * normal).sum(dim=-1, keepdim=True)
+    return torch.cat([xyz - offset * normal, points[..., 3:]], dim=-1)
 
 
 @torch.no_grad()
@@ -63,9 +83,11 @@ def upsample(
     """``n`` extra points ``(B, n, 6)`` for each coarse cloud ``(B, M, 6)`` from an upsampler stage.
 
     Row ``b`` draws its noise from ``(seed, ids[b])``, so a cloud does not depend on its batch.
+    With ``cfg.sample.project_k`` the sampled points are then moved onto the planes of their
+    nearest coarse points (``project_to_planes``).
     """
     schedule = build_schedule(cfg.diffusion)
-    sigmas = _sigmas(schedule, cfg.sample.steps, cfg.sample.spacing)
+    sigmas = _sigmas(schedule, cfg.sample.steps, cfg.sample.spacing, cfg.sample.sigma_max)
     den = NetworkDenoiser(model, schedule, cfg.diffusion.prediction)
     # The extra points come in chunks of the trained set size m, each conditioned on the same
     # coarse cloud and denoised as its own batch row: given the shape (which the coarse cloud
@@ -80,7 +102,8 @@ def upsample(
     sample = get_sampler(cfg.sample.sampler)
     cond = {"coarse": coarse.repeat_interleave(k, dim=0)}
     fine = sample(den, x, sigmas, extra_args=cond, callback=cb, generator=g)
-    return fine.reshape(len(ids), k * m, 6)[:, :n]
+    fine = fine.reshape(len(ids), k * m, 6)[:, :n]
+    return project_to_planes(fine, coarse, cfg.sample.project_k) if cfg.sample.project_k else fine
 
 
 class PointsPipeline:
@@ -135,6 +158,9 @@ class PointsPipeline:
             "guidance": s.guidance if guidance is None else guidance,
             "guidance_rescale": s.guidance_rescale if guidance_rescale is None else guidance_rescale,
             "spacing": s.spacing,
+            "sigma_max": s.sigma_max,
+            "upsampler_sigma_max": self.up_cfg.sample.sigma_max if self.up_cfg else None,
+            "upsampler_project_k": self.up_cfg.sample.project_k if self.up_cfg else 0,
             "upsampler_steps": self.up_cfg.sample.steps if self.up_cfg else 0,
         }
         if out["sampler"] not in SAMPLERS:
@@ -197,7 +223,7 @@ class PointsPipeline:
     ) -> Tensor:
         cfg = self.base_cfg
         schedule = build_schedule(cfg.diffusion)
-        sigmas = _sigmas(schedule, st["steps"], st["spacing"])
+        sigmas = _sigmas(schedule, st["steps"], st["spacing"], st["sigma_max"])
         L, D = cond["context"].shape[1:]
         den = NetworkDenoiser(self.base, schedule, cfg.diffusion.prediction)
         guided = CFGDenoiser.from_scale(

@@ -200,3 +200,58 @@ def test_upsampler_draws_chunks_of_its_trained_size(pipeline: PointsPipeline) ->
     torch.testing.assert_close(three[:, : coarse + m], one, atol=1e-4, rtol=0)
     first, second = three[0, coarse : coarse + m], three[0, coarse + m : coarse + 2 * m]
     assert not torch.allclose(first, second, atol=1e-3)
+
+
+def test_project_to_planes_puts_points_on_the_local_plane() -> None:
+    """Points near a sampled plane land on it (error << their offset), keep their colour, and
+    points already on the plane do not move; on a sphere the error shrinks several-fold."""
+    from threed.pipeline import project_to_planes
+
+    g = torch.Generator().manual_seed(0)
+    plane = torch.cat([torch.rand(1, 200, 2, generator=g) * 2 - 1, torch.full((1, 200, 1), 0.3)], -1)
+    surface = torch.cat([plane, torch.rand(1, 200, 3, generator=g)], -1)
+    off = torch.cat([torch.rand(1, 50, 2, generator=g) - 0.5, 0.3 + 0.1 * torch.randn(1, 50, 1, generator=g)], -1)
+    points = torch.cat([off, torch.rand(1, 50, 3, generator=g)], -1)
+    out = project_to_planes(points, surface, 6)
+    torch.testing.assert_close(out[..., 2], torch.full((1, 50), 0.3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[..., :2], points[..., :2], atol=1e-5, rtol=0)  # moved along the normal only
+    torch.testing.assert_close(out[..., 3:], points[..., 3:])
+    torch.testing.assert_close(project_to_planes(surface, surface, 6), surface, atol=1e-5, rtol=0)
+
+    sphere = torch.nn.functional.normalize(torch.randn(1, 2000, 3, generator=g), dim=-1)
+    noisy = torch.nn.functional.normalize(torch.randn(1, 300, 3, generator=g), dim=-1)
+    noisy = noisy * (1 + 0.05 * torch.randn(1, 300, 1, generator=g))
+    before = (noisy.norm(dim=-1) - 1).abs().mean()
+    after = (project_to_planes(noisy, sphere, 8).norm(dim=-1) - 1).abs().mean()
+    assert after < before / 4
+
+
+def test_sigma_max_and_projection_settings(encoder: TextEncoder) -> None:
+    """``sample.sigma_max`` caps the Karras grid (the sampler starts there), ``sample.project_k``
+    moves the upsampler's points onto the coarse cloud's planes; both are validated and reported."""
+    import dataclasses
+
+    from threed.pipeline import _sigmas, project_to_planes, upsample
+    from shared_core.train.loop import build_schedule
+
+    base, up = _cfg("base"), _cfg("upsampler")
+    schedule = build_schedule(base.diffusion)
+    s = _sigmas(schedule, 8, "karras", 10.0)
+    assert float(s[0]) == pytest.approx(10.0) and float(s[-1]) == 0 and len(s) == 9
+    assert float(_sigmas(schedule, 8, "karras")[0]) == pytest.approx(schedule.sigma_max)
+    with pytest.raises(ExtradimError, match="sigma_min"):
+        _sigmas(schedule, 8, "karras", schedule.sigma_min / 2)
+    with pytest.raises(ValueError, match="karras"):
+        from_dict(PointsConfig, {**TINY, "sample": {"spacing": "trailing", "sigma_max": 10.0}})
+    with pytest.raises(ValueError, match="project_k"):
+        from_dict(PointsConfig, {**TINY, "sample": {"project_k": 2}})
+
+    model = _randomise(PointsModel(up))
+    coarse = torch.randn(2, 16, 6)
+    plain = upsample(model, up, coarse, 20, [0, 1], seed=1)
+    proj_cfg = dataclasses.replace(up, sample=dataclasses.replace(up.sample, project_k=4))
+    projected = upsample(model, proj_cfg, coarse, 20, [0, 1], seed=1)
+    torch.testing.assert_close(projected, project_to_planes(plain, coarse, 4))
+    pipe = PointsPipeline(_randomise(PointsModel(base)), base, model, proj_cfg, encoder)
+    st = pipe.settings()
+    assert st["sigma_max"] is None and st["upsampler_project_k"] == 4

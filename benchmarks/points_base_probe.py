@@ -1,0 +1,123 @@
+"""How good are a base model's coarse clouds? Class accuracy and PointFlow metrics at 512 points.
+
+    python benchmarks/points_base_probe.py [--base FILE_OR_RUN_CHECKPOINT] [--upsampler FILE] [--per-class 10]
+
+For each shape, ``per-class`` clouds from the evaluation prompts (``threed.evaluate.eval_prompts``,
+seed 0, the checkpoint's sampling defaults) against ``per-class`` real clouds of the evaluation's
+reference world:
+
+- ``class``: nearest-class Chamfer among the ten shapes (10 real clouds per class), as
+  ``extradim eval points`` does, but on the coarse cloud alone;
+- ``1nna`` / ``cov`` / ``mmd``: 1-NNA-CD, COV-CD and MMD-CD of the coarse clouds vs real 512-point
+  clouds (ideal 1-NNA 50%), with the real-vs-real values;
+- with ``--upsampler``: the same 1-NNA on the full 2048-point clouds (``1nna_full``).
+
+Much smaller than the full evaluation (10 vs 50 per class: the 1-NNA figures are noisy, +-10
+points), it separates the base from the upsampler in a few minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from shared_core.pretrained import load_pretrained
+from shared_core.text import TextEncoder
+from threed.evaluate import eval_prompts, nearest_class, reference_seed
+from threed.metrics import mmd_cov, one_nn_accuracy, pairwise_chamfer
+from threed.modality import PointsConfig, PointsModel
+from threed.pipeline import DEFAULT_BASE, PointsPipeline
+from threed.world import SHAPES, ShapeWorld
+
+COARSE, FULL = 512, 2048
+
+
+def nna(gen: torch.Tensor, ref: torch.Tensor) -> float:
+    return one_nn_accuracy(pairwise_chamfer(gen, ref), pairwise_chamfer(ref), pairwise_chamfer(gen))
+
+
+def probe(pipe: PointsPipeline, per_class: int, full: bool, **settings: float) -> dict[str, dict[str, float]]:
+    gens, refs = {}, {}
+    for k, shape in enumerate(SHAPES):
+        prompts = [p for _, p in eval_prompts(shape, per_class)]
+        n = FULL if full else COARSE
+        gens[shape] = pipe.generate(prompts, seed=0, num_points=n, first_index=k * per_class, **settings)[..., :3]
+        world = ShapeWorld(FULL, seed=reference_seed(0), classes=[shape])
+        refs[shape] = (world.sample(per_class, 0).points[..., :3], world.sample(per_class, 1).points[..., :3])
+    protos = {s: refs[s][0][:10, :COARSE] for s in SHAPES}
+    out: dict[str, dict[str, float]] = {}
+    for shape in SHAPES:
+        coarse = gens[shape][:, :COARSE]
+        a, b = refs[shape][0][:, :COARSE], refs[shape][1][:, :COARSE]
+        mmd, cov = mmd_cov(pairwise_chamfer(coarse, a))
+        real_mmd, real_cov = mmd_cov(pairwise_chamfer(b, a))
+        row = {
+            "class": sum(c == shape for c in nearest_class(coarse, protos)) / per_class,
+            "1nna": nna(coarse, a),
+            "cov": cov,
+            "mmd": mmd,
+            "real_1nna": nna(b, a),
+            "real_cov": real_cov,
+            "real_mmd": real_mmd,
+        }
+        if full:
+            row["1nna_full"] = nna(gens[shape], refs[shape][0])
+        out[shape] = row
+    keys = next(iter(out.values())).keys()
+    out["mean"] = {key: sum(r[key] for r in out.values()) / len(SHAPES) for key in keys}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--base", default=str(DEFAULT_BASE))
+    ap.add_argument("--upsampler", default=None, help="also measure the full 2048-point clouds")
+    ap.add_argument("--per-class", type=int, default=10)
+    ap.add_argument("--text-encoder", default=None, help="default: the checkpoint's")
+    ap.add_argument("--sigma-max", type=float, default=None, help="Karras top level for both stages (default: the checkpoints')")
+    ap.add_argument("--project-k", type=int, default=None, help="upsampler's plane projection (default: the checkpoint's)")
+    ap.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the checkpoint's)")
+    ap.add_argument("--guidance-rescale", type=float, default=None)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=None, help="write the JSON here too")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    base, cfg, path = load_pretrained(args.base, PointsConfig, PointsModel)
+    if cfg.model.stage != "base":
+        raise SystemExit(f"{args.base} is a {cfg.model.stage} checkpoint, not a base")
+    up = up_cfg = None
+    if args.upsampler:
+        up, up_cfg, _ = load_pretrained(args.upsampler, PointsConfig, PointsModel)
+    if args.sigma_max is not None:
+        cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, sigma_max=args.sigma_max))
+        if up_cfg is not None:
+            up_cfg = dataclasses.replace(up_cfg, sample=dataclasses.replace(up_cfg.sample, sigma_max=args.sigma_max))
+    if args.project_k is not None and up_cfg is not None:
+        up_cfg = dataclasses.replace(up_cfg, sample=dataclasses.replace(up_cfg.sample, project_k=args.project_k))
+    enc = TextEncoder.load(args.text_encoder or cfg.data.text_encoder, max_length=cfg.data.max_text_length)
+    pipe = PointsPipeline(base.eval(), cfg, up.eval() if up else None, up_cfg, enc)
+    t = time.perf_counter()
+    with torch.no_grad():
+        st = {"guidance": args.guidance, "guidance_rescale": args.guidance_rescale}
+        rows = probe(pipe, args.per_class, full=up is not None, **{k: v for k, v in st.items() if v is not None})
+    result = {"base": str(path), "upsampler": args.upsampler, "per_class": args.per_class,
+              "sigma_max": cfg.sample.sigma_max,
+              "guidance": args.guidance, "guidance_rescale": args.guidance_rescale,
+              "project_k": up_cfg.sample.project_k if up_cfg else None, "classes": rows,
+              "seconds": round(time.perf_counter() - t, 1)}  # fmt: skip
+    for shape, r in rows.items():
+        print(f"{shape:9s} " + " ".join(f"{k} {v:.3f}" for k, v in r.items()))
+    print(f"{result['seconds']} s")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
