@@ -46,7 +46,9 @@ def probe(pipe: PointsPipeline, per_class: int, full: bool, **settings: float) -
     for k, shape in enumerate(SHAPES):
         prompts = [p for _, p in eval_prompts(shape, per_class)]
         n = FULL if full else COARSE
-        gens[shape] = pipe.generate(prompts, seed=0, num_points=n, first_index=k * per_class, **settings)[..., :3]
+        gens[shape] = pipe.generate(prompts, seed=0, num_points=n, first_index=k * per_class, **settings)[
+            ..., :3
+        ]
         world = ShapeWorld(FULL, seed=reference_seed(0), classes=[shape])
         refs[shape] = (world.sample(per_class, 0).points[..., :3], world.sample(per_class, 1).points[..., :3])
     protos = {s: refs[s][0][:10, :COARSE] for s in SHAPES}
@@ -79,8 +81,15 @@ def main() -> None:
     ap.add_argument("--upsampler", default=None, help="also measure the full 2048-point clouds")
     ap.add_argument("--per-class", type=int, default=10)
     ap.add_argument("--text-encoder", default=None, help="default: the checkpoint's")
-    ap.add_argument("--sigma-max", type=float, default=None, help="Karras top level for both stages (default: the checkpoints')")
-    ap.add_argument("--project-k", type=int, default=None, help="upsampler's plane projection (default: the checkpoint's)")
+    ap.add_argument(
+        "--sigma-max",
+        type=float,
+        default=None,
+        help="Karras top level for both stages (default: the checkpoints')",
+    )
+    ap.add_argument(
+        "--project-k", type=int, default=None, help="upsampler's plane projection (default: the checkpoint's)"
+    )
     ap.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the checkpoint's)")
     ap.add_argument("--guidance-rescale", type=float, default=None)
     ap.add_argument("--threads", type=int, default=0)
@@ -97,15 +106,21 @@ def main() -> None:
     if args.sigma_max is not None:
         cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, sigma_max=args.sigma_max))
         if up_cfg is not None:
-            up_cfg = dataclasses.replace(up_cfg, sample=dataclasses.replace(up_cfg.sample, sigma_max=args.sigma_max))
+            up_cfg = dataclasses.replace(
+                up_cfg, sample=dataclasses.replace(up_cfg.sample, sigma_max=args.sigma_max)
+            )
     if args.project_k is not None and up_cfg is not None:
-        up_cfg = dataclasses.replace(up_cfg, sample=dataclasses.replace(up_cfg.sample, project_k=args.project_k))
+        up_cfg = dataclasses.replace(
+            up_cfg, sample=dataclasses.replace(up_cfg.sample, project_k=args.project_k)
+        )
     enc = TextEncoder.load(args.text_encoder or cfg.data.text_encoder, max_length=cfg.data.max_text_length)
     pipe = PointsPipeline(base.eval(), cfg, up.eval() if up else None, up_cfg, enc)
     t = time.perf_counter()
     with torch.no_grad():
         st = {"guidance": args.guidance, "guidance_rescale": args.guidance_rescale}
-        rows = probe(pipe, args.per_class, full=up is not None, **{k: v for k, v in st.items() if v is not None})
+        rows = probe(
+            pipe, args.per_class, full=up is not None, **{k: v for k, v in st.items() if v is not None}
+        )
     result = {"base": str(path), "upsampler": args.upsampler, "per_class": args.per_class,
               "sigma_max": cfg.sample.sigma_max,
               "guidance": args.guidance, "guidance_rescale": args.guidance_rescale,

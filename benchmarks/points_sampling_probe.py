@@ -65,12 +65,20 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     model, cfg, _ = load_pretrained(args.upsampler, PointsConfig, PointsModel)
     model = model.eval()
-    pts = ShapeWorld(512 + 4096 + 512, seed=777, classes=list(SHAPES)).sample(args.per_class * len(SHAPES), 0).points
+    pts = (
+        ShapeWorld(512 + 4096 + 512, seed=777, classes=list(SHAPES))
+        .sample(args.per_class * len(SHAPES), 0)
+        .points
+    )
     coarse, surface, real = pts[:, :512], pts[:, 512:4608], pts[:, 4608:]
     schedule = build_schedule(cfg.diffusion)
     net = NetworkDenoiser(model, schedule, cfg.diffusion.prediction)
     oracle = Oracle(surface)
-    result: dict = {"upsampler": args.upsampler, "clouds": len(pts), "real_floor": surface_distance(real, surface)}
+    result: dict = {
+        "upsampler": args.upsampler,
+        "clouds": len(pts),
+        "real_floor": surface_distance(real, surface),
+    }
     t0 = time.perf_counter()
     g = torch.Generator().manual_seed(0)
     one = []
@@ -82,7 +90,10 @@ def main() -> None:
                    "model": surface_distance(net(x, sig, coarse=coarse), surface),
                    "oracle": surface_distance(oracle(x, sig), surface)}  # fmt: skip
             one.append(row)
-            print(f"one step sigma {s:4.2f}: noisy {row['noisy']:.4f} model {row['model']:.4f} oracle {row['oracle']:.4f}")
+            print(
+                f"one step sigma {s:4.2f}: "
+                + ", ".join(f"{k} {row[k]:.4f}" for k in ("noisy", "model", "oracle"))
+            )
     result["one_step"] = one
     sampled = []
     ids = list(range(len(pts)))
@@ -93,18 +104,32 @@ def main() -> None:
                 noise = torch.stack([randn((512, 6), make_generator(i)) for i in ids])
                 x = noise * float(schedule.prior_std(sigmas[0]))
                 gens = [make_generator(100 + i) for i in ids]
-                out = get_sampler(cfg.sample.sampler)(net, x, sigmas, extra_args={"coarse": coarse}, generator=gens)
-                row = {"sigma_max": round(float(top), 1), "steps": steps, "model": surface_distance(out, surface)}
+                out = get_sampler(cfg.sample.sampler)(
+                    net, x, sigmas, extra_args={"coarse": coarse}, generator=gens
+                )
+                row = {
+                    "sigma_max": round(float(top), 1),
+                    "steps": steps,
+                    "model": surface_distance(out, surface),
+                }
                 if steps == 12:
                     gens = [make_generator(100 + i) for i in ids]
-                    row["oracle"] = surface_distance(get_sampler(cfg.sample.sampler)(oracle, x, sigmas, generator=gens), surface)
+                    row["oracle"] = surface_distance(
+                        get_sampler(cfg.sample.sampler)(oracle, x, sigmas, generator=gens), surface
+                    )
                 sampled.append(row)
-                print(f"sampled {cfg.sample.sampler} sigma_max {top:8.1f} x{steps}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k in ("model", "oracle")))
-        base_cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, sigma_max=10.0, project_k=8))
-        proj = upsample(model, base_cfg, coarse, 512, ids, seed=0)
+                print(
+                    f"sampled {cfg.sample.sampler} sigma_max {top:8.1f} x{steps}: "
+                    + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k in ("model", "oracle"))
+                )
+        shipped = dataclasses.replace(
+            cfg, sample=dataclasses.replace(cfg.sample, sigma_max=10.0, project_k=8)
+        )
+        proj = upsample(model, shipped, coarse, 512, ids, seed=0)
     result["sampled"] = sampled
     result["sigma10_project8"] = surface_distance(proj, surface)
-    print(f"sigma_max 10 x{cfg.sample.steps} + projection onto 8 coarse neighbours: {result['sigma10_project8']:.4f}")
+    projected = result["sigma10_project8"]
+    print(f"sigma_max 10 x{cfg.sample.steps} + projection onto 8 coarse neighbours: {projected:.4f}")
     print(f"real floor {result['real_floor']:.4f}; {time.perf_counter() - t0:.0f} s")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

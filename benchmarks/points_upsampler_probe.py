@@ -64,8 +64,12 @@ def main() -> None:
     ap.add_argument("--upsampler", default=str(DEFAULT_UPSAMPLER))
     ap.add_argument("--per-class", type=int, default=4)
     ap.add_argument("--steps", type=int, default=None, help="sampling steps (default: the checkpoint's)")
-    ap.add_argument("--sigma-max", type=float, default=None, help="Karras top level (default: the checkpoint's)")
-    ap.add_argument("--project-k", type=int, default=None, help="upsampler's plane projection (default: the checkpoint's)")
+    ap.add_argument(
+        "--sigma-max", type=float, default=None, help="Karras top level (default: the checkpoint's)"
+    )
+    ap.add_argument(
+        "--project-k", type=int, default=None, help="upsampler's plane projection (default: the checkpoint's)"
+    )
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="write the JSON here too")
     args = ap.parse_args()

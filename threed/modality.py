@@ -113,7 +113,9 @@ class PointsSampleConfig:
         if not 0 <= self.guidance_rescale <= 1:
             raise ValueError(f"guidance_rescale must be in [0, 1], got {self.guidance_rescale}")
         if self.project_k < 0 or self.project_k == 1 or self.project_k == 2:
-            raise ValueError(f"project_k must be 0 (off) or >= 3 (a plane needs 3 points), got {self.project_k}")
+            raise ValueError(
+                f"project_k must be 0 (off) or >= 3 (a plane needs 3 points), got {self.project_k}"
+            )
         if self.sigma_max is not None and (self.sigma_max <= 0 or self.spacing != "karras"):
             raise ValueError(f"sigma_max must be > 0 and needs spacing 'karras', got {self.sigma_max}")
 

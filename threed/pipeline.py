@@ -48,7 +48,9 @@ def _sigmas(schedule: Schedule, steps: int, spacing: str, sigma_max: float | Non
             return schedule.sigmas(steps, karras=True)
         top = min(sigma_max, schedule.sigma_max)
         if top <= schedule.sigma_min:
-            raise ExtradimError(f"sigma_max {sigma_max} is below the schedule's sigma_min {schedule.sigma_min:.4g}")
+            raise ExtradimError(
+                f"sigma_max {sigma_max} is below the schedule's sigma_min {schedule.sigma_min:.4g}"
+            )
         return karras_sigmas(steps, schedule.sigma_min, top)
     if not schedule.discrete:
         return schedule.sigmas(steps)

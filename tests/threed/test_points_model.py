@@ -210,11 +210,15 @@ def test_project_to_planes_puts_points_on_the_local_plane() -> None:
     g = torch.Generator().manual_seed(0)
     plane = torch.cat([torch.rand(1, 200, 2, generator=g) * 2 - 1, torch.full((1, 200, 1), 0.3)], -1)
     surface = torch.cat([plane, torch.rand(1, 200, 3, generator=g)], -1)
-    off = torch.cat([torch.rand(1, 50, 2, generator=g) - 0.5, 0.3 + 0.1 * torch.randn(1, 50, 1, generator=g)], -1)
+    off = torch.cat(
+        [torch.rand(1, 50, 2, generator=g) - 0.5, 0.3 + 0.1 * torch.randn(1, 50, 1, generator=g)], -1
+    )
     points = torch.cat([off, torch.rand(1, 50, 3, generator=g)], -1)
     out = project_to_planes(points, surface, 6)
     torch.testing.assert_close(out[..., 2], torch.full((1, 50), 0.3), atol=1e-5, rtol=0)
-    torch.testing.assert_close(out[..., :2], points[..., :2], atol=1e-5, rtol=0)  # moved along the normal only
+    torch.testing.assert_close(
+        out[..., :2], points[..., :2], atol=1e-5, rtol=0
+    )  # moved along the normal only
     torch.testing.assert_close(out[..., 3:], points[..., 3:])
     torch.testing.assert_close(project_to_planes(surface, surface, 6), surface, atol=1e-5, rtol=0)
 
@@ -231,8 +235,8 @@ def test_sigma_max_and_projection_settings(encoder: TextEncoder) -> None:
     moves the upsampler's points onto the coarse cloud's planes; both are validated and reported."""
     import dataclasses
 
-    from threed.pipeline import _sigmas, project_to_planes, upsample
     from shared_core.train.loop import build_schedule
+    from threed.pipeline import _sigmas, project_to_planes, upsample
 
     base, up = _cfg("base"), _cfg("upsampler")
     schedule = build_schedule(base.diffusion)
