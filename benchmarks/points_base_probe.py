@@ -90,6 +90,7 @@ def main() -> None:
     ap.add_argument(
         "--project-k", type=int, default=None, help="upsampler's plane projection (default: the checkpoint's)"
     )
+    ap.add_argument("--steps", type=int, default=None, help="base steps (default: the checkpoint's)")
     ap.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the checkpoint's)")
     ap.add_argument("--guidance-rescale", type=float, default=None)
     ap.add_argument("--threads", type=int, default=0)
@@ -117,12 +118,12 @@ def main() -> None:
     pipe = PointsPipeline(base.eval(), cfg, up.eval() if up else None, up_cfg, enc)
     t = time.perf_counter()
     with torch.no_grad():
-        st = {"guidance": args.guidance, "guidance_rescale": args.guidance_rescale}
+        st = {"steps": args.steps, "guidance": args.guidance, "guidance_rescale": args.guidance_rescale}
         rows = probe(
             pipe, args.per_class, full=up is not None, **{k: v for k, v in st.items() if v is not None}
         )
     result = {"base": str(path), "upsampler": args.upsampler, "per_class": args.per_class,
-              "sigma_max": cfg.sample.sigma_max,
+              "sigma_max": cfg.sample.sigma_max, "steps": args.steps,
               "guidance": args.guidance, "guidance_rescale": args.guidance_rescale,
               "project_k": up_cfg.sample.project_k if up_cfg else None, "classes": rows,
               "seconds": round(time.perf_counter() - t, 1)}  # fmt: skip
