@@ -29,16 +29,12 @@ import torch
 from shared_core.pretrained import load_pretrained
 from shared_core.text import TextEncoder
 from threed.evaluate import eval_prompts, nearest_class, reference_seed
-from threed.metrics import mmd_cov, one_nn_accuracy, pairwise_chamfer
+from threed.metrics import compute_all_metrics
 from threed.modality import PointsConfig, PointsModel
 from threed.pipeline import DEFAULT_BASE, PointsPipeline
 from threed.world import SHAPES, ShapeWorld
 
 COARSE, FULL = 512, 2048
-
-
-def nna(gen: torch.Tensor, ref: torch.Tensor) -> float:
-    return one_nn_accuracy(pairwise_chamfer(gen, ref), pairwise_chamfer(ref), pairwise_chamfer(gen))
 
 
 def probe(pipe: PointsPipeline, per_class: int, full: bool, **settings: float) -> dict[str, dict[str, float]]:
@@ -56,19 +52,18 @@ def probe(pipe: PointsPipeline, per_class: int, full: bool, **settings: float) -
     for shape in SHAPES:
         coarse = gens[shape][:, :COARSE]
         a, b = refs[shape][0][:, :COARSE], refs[shape][1][:, :COARSE]
-        mmd, cov = mmd_cov(pairwise_chamfer(coarse, a))
-        real_mmd, real_cov = mmd_cov(pairwise_chamfer(b, a))
+        gen, real = compute_all_metrics(coarse, a, with_emd=False), compute_all_metrics(b, a, with_emd=False)
         row = {
             "class": sum(c == shape for c in nearest_class(coarse, protos)) / per_class,
-            "1nna": nna(coarse, a),
-            "cov": cov,
-            "mmd": mmd,
-            "real_1nna": nna(b, a),
-            "real_cov": real_cov,
-            "real_mmd": real_mmd,
+            "1nna": gen["1-NNA-CD"],
+            "cov": gen["COV-CD"],
+            "mmd": gen["MMD-CD"],
+            "real_1nna": real["1-NNA-CD"],
+            "real_cov": real["COV-CD"],
+            "real_mmd": real["MMD-CD"],
         }
         if full:
-            row["1nna_full"] = nna(gens[shape], refs[shape][0])
+            row["1nna_full"] = compute_all_metrics(gens[shape], refs[shape][0], with_emd=False)["1-NNA-CD"]
         out[shape] = row
     keys = next(iter(out.values())).keys()
     out["mean"] = {key: sum(r[key] for r in out.values()) / len(SHAPES) for key in keys}

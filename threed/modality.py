@@ -112,7 +112,7 @@ class PointsSampleConfig:
             raise ValueError("need steps >= 1, guidance >= 0 and batch_size >= 1")
         if not 0 <= self.guidance_rescale <= 1:
             raise ValueError(f"guidance_rescale must be in [0, 1], got {self.guidance_rescale}")
-        if self.project_k < 0 or self.project_k == 1 or self.project_k == 2:
+        if self.project_k < 0 or 0 < self.project_k < 3:
             raise ValueError(
                 f"project_k must be 0 (off) or >= 3 (a plane needs 3 points), got {self.project_k}"
             )
@@ -132,6 +132,14 @@ def fourier_features(xyz: Tensor, frequencies: int) -> Tensor:
     freqs = math.pi / 2 * 2.0 ** torch.arange(frequencies, dtype=xyz.dtype, device=xyz.device)
     angles = (xyz[..., None] * freqs).flatten(-2)  # (..., 3F)
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+def nearest_points(points: Tensor, ref: Tensor, k: int) -> Tensor:
+    """``(B, N, min(k, M), C)``: for each point of ``points (B, N, >=3)`` its ``k`` nearest points of
+    ``ref (B, M, C)`` by xyz distance, all channels, nearest first."""
+    k = min(k, ref.shape[1])
+    idx = torch.cdist(points[..., :3], ref[..., :3]).topk(k, dim=-1, largest=False).indices  # (B, N, k)
+    return ref[torch.arange(len(ref), device=ref.device)[:, None, None], idx]
 
 
 class PointsModel(nn.Module):
@@ -204,10 +212,7 @@ class PointsModel(nn.Module):
     def _local_features(self, x: Tensor, coarse: Tensor) -> Tensor:
         """(B, N, local_dim): max over each point's k nearest coarse points of MLP(offset, colour)."""
         assert self.local_mlp is not None
-        k = min(self.local_k, coarse.shape[1])
-        idx = torch.cdist(x[..., :3], coarse[..., :3]).topk(k, dim=-1, largest=False).indices  # (B, N, k)
-        b = torch.arange(x.shape[0], device=x.device)[:, None, None]
-        nb = coarse[b, idx]  # (B, N, k, 6)
+        nb = nearest_points(x, coarse, self.local_k)  # (B, N, k, 6)
         rel = torch.cat([nb[..., :3] - x[..., None, :3], nb[..., 3:]], dim=-1)
         return self.local_mlp(rel).amax(dim=2)
 

@@ -28,7 +28,7 @@ from shared_core.schedules import Schedule, karras_sigmas
 from shared_core.text import TextEncoder
 from shared_core.train.distributed import derive_seed
 from shared_core.train.loop import build_schedule
-from threed.modality import PointsConfig, PointsModel, text_null_condition
+from threed.modality import PointsConfig, PointsModel, nearest_points, text_null_condition
 
 __all__ = ["DEFAULT_BASE", "DEFAULT_UPSAMPLER", "MAX_POINTS", "PointsPipeline", "save_points_checkpoint"]
 
@@ -61,10 +61,8 @@ def project_to_planes(points: Tensor, surface: Tensor, k: int) -> Tensor:
     """Move each point of ``points (B, N, C)`` onto the plane through its ``k`` nearest points of
     ``surface (B, M, C)`` (their centroid, normal = least-variance PCA axis): one moving-least-squares
     projection step. Only xyz (the first 3 channels) change."""
-    k = min(k, surface.shape[1])
-    xyz, ref = points[..., :3], surface[..., :3]
-    idx = torch.cdist(xyz, ref).topk(k, dim=-1, largest=False).indices  # (B, N, k)
-    nb = ref[torch.arange(len(ref), device=ref.device)[:, None, None], idx]  # (B, N, k, 3)
+    xyz = points[..., :3]
+    nb = nearest_points(xyz, surface[..., :3], k)  # (B, N, k, 3)
     centre = nb.mean(dim=2)
     spread = nb - centre[..., None, :]
     normal = torch.linalg.eigh(spread.transpose(-1, -2) @ spread).eigenvectors[..., 0]  # (B, N, 3)
