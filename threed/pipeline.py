@@ -9,6 +9,7 @@ Clouds are ``(B, N, 6)``: xyz (normalised: centred, max radius about 1) and rgb 
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,9 +29,16 @@ from shared_core.schedules import Schedule, karras_sigmas
 from shared_core.text import TextEncoder
 from shared_core.train.distributed import derive_seed
 from shared_core.train.loop import build_schedule
-from threed.modality import PointsConfig, PointsModel, nearest_points, text_null_condition
+from threed.modality import PointsConfig, PointsModel, nearest_points, rotate_z, text_null_condition
 
-__all__ = ["DEFAULT_BASE", "DEFAULT_UPSAMPLER", "MAX_POINTS", "PointsPipeline", "save_points_checkpoint"]
+__all__ = [
+    "DEFAULT_BASE",
+    "DEFAULT_UPSAMPLER",
+    "MAX_POINTS",
+    "PointsPipeline",
+    "save_points_checkpoint",
+    "turn_randomly",
+]
 
 _CKPT = Path(__file__).resolve().parent.parent / "checkpoints" / "threed"
 DEFAULT_BASE = _CKPT / "points_base.safetensors"
@@ -68,6 +76,18 @@ def project_to_planes(points: Tensor, surface: Tensor, k: int) -> Tensor:
     normal = torch.linalg.eigh(spread.transpose(-1, -2) @ spread).eigenvectors[..., 0]  # (B, N, 3)
     offset = ((xyz - centre) * normal).sum(dim=-1, keepdim=True)
     return torch.cat([xyz - offset * normal, points[..., 3:]], dim=-1)
+
+
+def turn_randomly(clouds: Tensor, generators: Sequence[torch.Generator]) -> Tensor:
+    """Turn cloud ``b`` of ``clouds (B, N, C)`` about Z by a yaw uniform in [0, 2 pi) drawn from
+    ``generators[b]``, then re-centre its XY bounding box at 0 (the world's normalisation; a base
+    trained with ``data.canonical_yaw`` generates in the item's own azimuth frame, where an
+    asymmetric shape's box centre depends on the yaw it was turned from)."""
+    yaw = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in generators])
+    out = rotate_z(clouds, (2 * math.pi * yaw).to(clouds.dtype))
+    xy = out[..., :2]
+    centre = (xy.amax(dim=-2, keepdim=True) + xy.amin(dim=-2, keepdim=True)) / 2
+    return torch.cat([xy - centre, out[..., 2:]], dim=-1)
 
 
 @torch.no_grad()
@@ -234,7 +254,10 @@ class PointsPipeline:
         x = x * float(schedule.prior_std(sigmas[0]))
         cb = (lambda _info: callback(len(ids))) if callback else None
         g = [make_generator(derive_seed(seed, 1, i)) for i in ids]  # per cloud: batch-independent
-        return get_sampler(st["sampler"])(guided, x, sigmas, extra_args=cond, callback=cb, generator=g)
+        x = get_sampler(st["sampler"])(guided, x, sigmas, extra_args=cond, callback=cb, generator=g)
+        if cfg.data.canonical_yaw:
+            x = turn_randomly(x, [make_generator(derive_seed(seed, 4, i)) for i in ids])
+        return x
 
     def _upsample(self, coarse: Tensor, n: int, ids: list[int], seed: int, callback: Any) -> Tensor:
         assert self.upsampler is not None and self.up_cfg is not None

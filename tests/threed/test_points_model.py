@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -259,3 +260,66 @@ def test_sigma_max_and_projection_settings(encoder: TextEncoder) -> None:
     pipe = PointsPipeline(_randomise(PointsModel(base)), base, model, proj_cfg, encoder)
     st = pipe.settings()
     assert st["sigma_max"] is None and st["upsampler_project_k"] == 4
+
+
+def test_canonical_yaw_undoes_the_world_turn(encoder: TextEncoder) -> None:
+    """With ``data.canonical_yaw`` the base learns each item in its own azimuth frame: a mug's
+    handle (its only off-axis part) then always sits on +X, whatever yaw the world drew."""
+    from threed.modality import rotate_z
+
+    data = {**TINY["data"], "num_points": 2048, "canonical_yaw": True}
+    cfg = from_dict(PointsConfig, {**TINY, "data": data})
+    ds = PointsDataset(cfg, None)
+    ds.world = type(ds.world)(num_points=2048, seed=0, classes=["mug"])
+    ds.bank = EmbeddingBank(encoder, sorted(set(ds.world.sample_ids(range(6)).captions)))
+    batch = ds.world.sample_ids(range(6))
+    yaws = torch.tensor([p.yaw for p in batch.params], dtype=torch.float64)
+    assert float(yaws.max() - yaws.min()) > 1.0  # the world turned them differently
+    for i in range(6):
+        x = ds[i]["x"]
+        torch.testing.assert_close(x, rotate_z(batch.points[i], -batch.params[i].yaw))
+        torch.testing.assert_close(rotate_z(x, batch.params[i].yaw), batch.points[i], atol=1e-5, rtol=0)
+        # the point farthest from the body's axis (the handle's outer rim) lies in the +X direction
+        d = x[:, :2] - x[:, :2].mean(0)
+        far = d[d.norm(dim=1).argmax()]
+        assert abs(math.atan2(float(far[1]), float(far[0]))) < 0.15
+        assert torch.equal(x[:, 3:], batch.points[i, :, 3:])  # colours untouched
+
+
+def test_rotate_z_turns_counter_clockwise_per_row() -> None:
+    from threed.modality import rotate_z
+
+    x = torch.tensor([[[1.0, 0.0, 0.5, 0.1, 0.2, 0.3]], [[1.0, 0.0, 0.5, 0.1, 0.2, 0.3]]])
+    out = rotate_z(x, torch.tensor([torch.pi / 2, torch.pi]))
+    torch.testing.assert_close(out[0, 0], torch.tensor([0.0, 1.0, 0.5, 0.1, 0.2, 0.3]))
+    torch.testing.assert_close(out[1, 0], torch.tensor([-1.0, 0.0, 0.5, 0.1, 0.2, 0.3]))
+
+
+def test_canonical_base_turns_each_cloud_by_its_seeded_yaw(encoder: TextEncoder) -> None:
+    """The pipeline turns a canonical-yaw base's clouds by a yaw from (seed, i), re-centred in XY:
+    the same coarse cloud as the plain base up to that turn and shift, batch-independent."""
+    import dataclasses
+
+    from threed.pipeline import turn_randomly
+
+    base = _cfg("base")
+    canon = dataclasses.replace(base, data=dataclasses.replace(base.data, canonical_yaw=True))
+    model = _randomise(PointsModel(base))
+    plain = PointsPipeline(model, base, None, None, encoder)
+    turned = PointsPipeline(model, canon, None, None, encoder)
+    prompts = ["a blue mug", "a red table", "a white cube"]
+    a = plain.generate(prompts, seed=3, num_points=32)
+    b = turned.generate(prompts, seed=3, num_points=32, batch_size=1)
+    assert not torch.allclose(a, b)
+    # distances within each cloud survive (a rigid turn plus a shift) ...
+    dist = lambda c: (c[:, :, None, :3] - c[:, None, :, :3]).norm(dim=-1)  # noqa: E731
+    torch.testing.assert_close(dist(a), dist(b), atol=1e-4, rtol=0)
+    # ... and the XY box is centred
+    xy = b[..., :2]
+    torch.testing.assert_close(xy.amax(1) + xy.amin(1), torch.zeros(3, 2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(b[..., 2:], a[..., 2:])  # z and colours as generated
+    # the yaws differ per cloud and come from the seed
+    g = lambda s: [torch.Generator().manual_seed(s + i) for i in range(3)]  # noqa: E731
+    one, two = turn_randomly(a, g(0)), turn_randomly(a, g(0))
+    torch.testing.assert_close(one, two)
+    assert not torch.allclose(one, turn_randomly(a, g(10)))
