@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
 
 import torch
 
+from shared_core.io import write_json
 from shared_core.pretrained import load_pretrained
 from shared_core.text import TextEncoder
 from threed.evaluate import eval_prompts, nearest_class, reference_seed
@@ -127,7 +127,7 @@ def main() -> None:
     print(f"{result['seconds']} s")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        write_json(args.out, result)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch
 from torch import Tensor
 
 from shared_core.denoiser import NetworkDenoiser
+from shared_core.io import write_json
 from shared_core.pretrained import load_pretrained
 from shared_core.random import make_generator, randn
 from shared_core.samplers import get_sampler
@@ -133,7 +133,7 @@ def main() -> None:
     print(f"real floor {result['real_floor']:.4f}; {time.perf_counter() - t0:.0f} s")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        write_json(args.out, result)
 
 
 if __name__ == "__main__":
