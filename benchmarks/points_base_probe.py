@@ -85,6 +85,12 @@ def main() -> None:
     ap.add_argument(
         "--project-k", type=int, default=None, help="upsampler's plane projection (default: the checkpoint's)"
     )
+    ap.add_argument(
+        "--project-fit",
+        choices=("plane", "quadric"),
+        default=None,
+        help="projection surface (default: the checkpoint's)",
+    )
     ap.add_argument("--steps", type=int, default=None, help="base steps (default: the checkpoint's)")
     ap.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the checkpoint's)")
     ap.add_argument("--guidance-rescale", type=float, default=None)
@@ -109,6 +115,10 @@ def main() -> None:
         up_cfg = dataclasses.replace(
             up_cfg, sample=dataclasses.replace(up_cfg.sample, project_k=args.project_k)
         )
+    if args.project_fit is not None and up_cfg is not None:
+        up_cfg = dataclasses.replace(
+            up_cfg, sample=dataclasses.replace(up_cfg.sample, project_fit=args.project_fit)
+        )
     enc = TextEncoder.load(args.text_encoder or cfg.data.text_encoder, max_length=cfg.data.max_text_length)
     pipe = PointsPipeline(base.eval(), cfg, up.eval() if up else None, up_cfg, enc)
     t = time.perf_counter()
@@ -120,7 +130,8 @@ def main() -> None:
     result = {"base": str(path), "upsampler": args.upsampler, "per_class": args.per_class,
               "sigma_max": cfg.sample.sigma_max, "steps": args.steps,
               "guidance": args.guidance, "guidance_rescale": args.guidance_rescale,
-              "project_k": up_cfg.sample.project_k if up_cfg else None, "classes": rows,
+              "project_k": up_cfg.sample.project_k if up_cfg else None,
+              "project_fit": up_cfg.sample.project_fit if up_cfg else None, "classes": rows,
               "seconds": round(time.perf_counter() - t, 1)}  # fmt: skip
     for shape, r in rows.items():
         print(f"{shape:9s} " + " ".join(f"{k} {v:.3f}" for k, v in r.items()))

@@ -14,6 +14,11 @@ upsampler draws 1536 extra points (the default 2048-point cloud), clamped to +-1
 - the same three for 1536 fresh real surface samples of the same objects (``real_*``: the floor).
 
 This isolates the upsampler from the base model: a perfect upsampler matches the real floor.
+
+With ``--nna-per-class N`` (e.g. 20) also the distribution view, as ``extradim eval points`` sees
+it: per class, N objects (seed 777) as 512 real coarse points + the upsampler's 1536 vs N real
+2048-point clouds (seed 4242), 1-NNA-CD (``nna``), next to the same for the objects' own real 2048
+points (``real_nna``, ideally 50%).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import torch
 
 from shared_core.io import write_json
 from shared_core.pretrained import load_pretrained
+from threed.metrics import one_nn_accuracy, pairwise_chamfer
 from threed.modality import PointsConfig, PointsModel
 from threed.pipeline import DEFAULT_UPSAMPLER, upsample
 from threed.world import SHAPES, ShapeWorld
@@ -59,6 +65,24 @@ def probe(model: PointsModel, cfg: PointsConfig, per_class: int) -> dict[str, di
     return out
 
 
+def nna_probe(model: PointsModel, cfg: PointsConfig, n: int) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for k, shape in enumerate(SHAPES):
+        objects = ShapeWorld(COARSE + EXTRA, seed=777, classes=[shape]).sample(n, 0).points
+        ref = ShapeWorld(COARSE + EXTRA, seed=4242, classes=[shape]).sample(n, 0).points[..., :3]
+        coarse = objects[:, :COARSE]
+        with torch.no_grad():
+            fine = upsample(model, cfg, coarse, EXTRA, list(range(k * n, (k + 1) * n)), seed=0)
+        full = torch.cat([coarse, fine], dim=1)[..., :3].clamp(-1.5, 1.5)
+        d_rr = pairwise_chamfer(ref)
+        row = {}
+        for name, x in (("", full), ("real_", objects[..., :3])):
+            row[f"{name}nna"] = one_nn_accuracy(pairwise_chamfer(x, ref), d_rr, pairwise_chamfer(x))
+        out[shape] = row
+    out["mean"] = {key: sum(r[key] for r in out.values()) / len(SHAPES) for key in ("nna", "real_nna")}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--upsampler", default=str(DEFAULT_UPSAMPLER))
@@ -69,6 +93,15 @@ def main() -> None:
     )
     ap.add_argument(
         "--project-k", type=int, default=None, help="upsampler's plane projection (default: the checkpoint's)"
+    )
+    ap.add_argument(
+        "--project-fit",
+        choices=("plane", "quadric"),
+        default=None,
+        help="projection surface (default: the checkpoint's)",
+    )
+    ap.add_argument(
+        "--nna-per-class", type=int, default=0, help="also 1-NNA-CD at 2048 points on N objects per class"
     )
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="write the JSON here too")
@@ -82,6 +115,8 @@ def main() -> None:
         cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, steps=args.steps))
     if args.project_k is not None:
         cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, project_k=args.project_k))
+    if args.project_fit is not None:
+        cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, project_fit=args.project_fit))
     if args.sigma_max is not None:
         cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, sigma_max=args.sigma_max))
     model = model.eval()
@@ -92,15 +127,21 @@ def main() -> None:
         "sampler": cfg.sample.sampler,
         "sigma_max": cfg.sample.sigma_max,
         "project_k": cfg.sample.project_k,
+        "project_fit": cfg.sample.project_fit,
         "per_class": args.per_class,
         "classes": probe(model, cfg, args.per_class),
-        "seconds": round(time.perf_counter() - t, 1),
     }
+    if args.nna_per_class:
+        result["nna_per_class"] = args.nna_per_class
+        result["nna"] = nna_probe(model, cfg, args.nna_per_class)
+    result["seconds"] = round(time.perf_counter() - t, 1)
     for shape, r in result["classes"].items():
         print(
             f"{shape:9s} acc {r['acc']:.4f} comp {r['comp']:.4f} far {r['far']:.3f} | "
             f"real {r['real_acc']:.4f} {r['real_comp']:.4f} {r['real_far']:.3f}"
         )
+    for shape, r in result.get("nna", {}).items():
+        print(f"{shape:9s} 1-NNA-CD {r['nna']:.3f} | real {r['real_nna']:.3f}")
     print(f"{result['seconds']} s")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -115,9 +115,13 @@ class PointsSampleConfig:
     # Karras spacing's top level (VE sigma); None = the schedule's own (20291 for the discrete
     # cosine, where most levels are pure noise for clouds of radius ~1; EDM uses 80).
     sigma_max: float | None = None
-    # Upsampler, k > 0: each extra point is then moved onto the plane fitted (PCA) to its k nearest
+    # Upsampler, k > 0: each extra point is then moved onto the surface fitted to its k nearest
     # coarse points (one moving-least-squares projection step, Alexa et al. 2003); 0 = off.
+    # project_fit "plane": their PCA plane; "quadric": a height field h = quadratic(u, v) over that
+    # plane (least squares), which follows curvature (a plane through 8 points of a sphere lies
+    # inside it) and needs k >= 6.
     project_k: int = 0
+    project_fit: Literal["plane", "quadric"] = "plane"
     batch_size: int = 32
     seed: int = 0
 
@@ -131,6 +135,11 @@ class PointsSampleConfig:
         if self.project_k < 0 or 0 < self.project_k < 3:
             raise ValueError(
                 f"project_k must be 0 (off) or >= 3 (a plane needs 3 points), got {self.project_k}"
+            )
+        if self.project_fit == "quadric" and 0 < self.project_k < 6:
+            raise ValueError(
+                f"project_fit 'quadric' needs project_k >= 6 (a quadric has 6 coefficients), "
+                f"got {self.project_k}"
             )
         if self.sigma_max is not None and (self.sigma_max <= 0 or self.spacing != "karras"):
             raise ValueError(f"sigma_max must be > 0 and needs spacing 'karras', got {self.sigma_max}")

@@ -36,6 +36,8 @@ __all__ = [
     "DEFAULT_UPSAMPLER",
     "MAX_POINTS",
     "PointsPipeline",
+    "project_to_planes",
+    "project_to_quadrics",
     "save_points_checkpoint",
     "turn_randomly",
 ]
@@ -78,6 +80,39 @@ def project_to_planes(points: Tensor, surface: Tensor, k: int) -> Tensor:
     return torch.cat([xyz - offset * normal, points[..., 3:]], dim=-1)
 
 
+def _quadratic_terms(u: Tensor, v: Tensor) -> Tensor:
+    return torch.stack([u * u, u * v, v * v, u, v, torch.ones_like(u)], dim=-1)
+
+
+def project_to_quadrics(points: Tensor, surface: Tensor, k: int, ridge: float = 1e-6) -> Tensor:
+    """Move each point of ``points (B, N, C)`` onto the quadric height field fitted to its ``k``
+    (>= 6) nearest points of ``surface (B, M, C)``: in their PCA frame (normal n, tangents t1, t2,
+    origin at their centroid) ``h = a u^2 + b uv + c v^2 + d u + e v + f`` by least squares (a tiny
+    ``ridge`` keeps degenerate neighbourhoods solvable); the point keeps its tangent coordinates
+    (u, v) and takes the height h(u, v). Unlike ``project_to_planes`` it follows curvature: points
+    of a sphere land on the sphere, not on the chord plane inside it. Only xyz change."""
+    if k < 6:
+        raise ValueError(f"a quadric fit needs k >= 6 neighbours, got {k}")
+    xyz = points[..., :3]
+    nb = nearest_points(xyz, surface[..., :3], k)[..., :3]  # (B, N, k, 3)
+    centre = nb.mean(dim=2)
+    spread = nb - centre[..., None, :]
+    frame = torch.linalg.eigh(spread.transpose(-1, -2) @ spread).eigenvectors  # (B, N, 3, 3)
+    local = spread @ frame  # (B, N, k, 3): height along the normal, then the two tangents
+    a = _quadratic_terms(local[..., 1], local[..., 2])  # (B, N, k, 6)
+    gram = a.transpose(-1, -2) @ a + ridge * torch.eye(6, dtype=a.dtype, device=a.device)
+    coef = torch.linalg.solve(gram, a.transpose(-1, -2) @ local[..., :1])[..., 0]  # (B, N, 6)
+    p = ((xyz - centre)[..., None, :] @ frame)[..., 0, :]  # the point in the frame
+    height = (_quadratic_terms(p[..., 1], p[..., 2]) * coef).sum(dim=-1)
+    moved = (
+        centre
+        + (torch.stack([height, p[..., 1], p[..., 2]], dim=-1)[..., None, :] @ frame.transpose(-1, -2))[
+            ..., 0, :
+        ]
+    )
+    return torch.cat([moved, points[..., 3:]], dim=-1)
+
+
 def turn_randomly(clouds: Tensor, generators: Sequence[torch.Generator]) -> Tensor:
     """Turn cloud ``b`` of ``clouds (B, N, C)`` about Z by a yaw uniform in [0, 2 pi) drawn from
     ``generators[b]``, then re-centre its XY bounding box at 0 (the world's normalisation; a base
@@ -103,8 +138,8 @@ def upsample(
     """``n`` extra points ``(B, n, 6)`` for each coarse cloud ``(B, M, 6)`` from an upsampler stage.
 
     Row ``b`` draws its noise from ``(seed, ids[b])``, so a cloud does not depend on its batch.
-    With ``cfg.sample.project_k`` the sampled points are then moved onto the planes of their
-    nearest coarse points (``project_to_planes``).
+    With ``cfg.sample.project_k`` the sampled points are then moved onto the surface fitted to their
+    nearest coarse points (``project_to_planes`` or ``project_to_quadrics``, per ``project_fit``).
     """
     schedule = build_schedule(cfg.diffusion)
     sigmas = _sigmas(schedule, cfg.sample.steps, cfg.sample.spacing, cfg.sample.sigma_max)
@@ -123,7 +158,10 @@ def upsample(
     cond = {"coarse": coarse.repeat_interleave(k, dim=0)}
     fine = sample(den, x, sigmas, extra_args=cond, callback=cb, generator=g)
     fine = fine.reshape(len(ids), k * m, 6)[:, :n]
-    return project_to_planes(fine, coarse, cfg.sample.project_k) if cfg.sample.project_k else fine
+    if not cfg.sample.project_k:
+        return fine
+    project = project_to_quadrics if cfg.sample.project_fit == "quadric" else project_to_planes
+    return project(fine, coarse, cfg.sample.project_k)
 
 
 class PointsPipeline:
@@ -181,6 +219,7 @@ class PointsPipeline:
             "sigma_max": s.sigma_max,
             "upsampler_sigma_max": self.up_cfg.sample.sigma_max if self.up_cfg else None,
             "upsampler_project_k": self.up_cfg.sample.project_k if self.up_cfg else 0,
+            "upsampler_project_fit": self.up_cfg.sample.project_fit if self.up_cfg else None,
             "upsampler_steps": self.up_cfg.sample.steps if self.up_cfg else 0,
         }
         if out["sampler"] not in SAMPLERS:

@@ -231,13 +231,38 @@ def test_project_to_planes_puts_points_on_the_local_plane() -> None:
     assert after < before / 4
 
 
+def test_project_to_quadrics_follows_curvature() -> None:
+    """On a 512-point unit sphere a plane fit pulls points ~0.015 inside (the chord plane); the
+    quadric fit lands them on the sphere (noisy or not), keeps colour, is exact on a plane, and
+    refuses k < 6."""
+    from threed.pipeline import project_to_planes, project_to_quadrics
+
+    g = torch.Generator().manual_seed(0)
+    sphere = torch.nn.functional.normalize(torch.randn(1, 512, 3, generator=g), dim=-1)
+    on = torch.nn.functional.normalize(torch.randn(1, 300, 3, generator=g), dim=-1)
+    noisy = torch.cat([on * (1 + 0.05 * torch.randn(1, 300, 1, generator=g)), torch.rand(1, 300, 3)], -1)
+    plane_err = (project_to_planes(noisy, sphere, 8)[..., :3].norm(dim=-1) - 1).abs().mean()
+    out = project_to_quadrics(noisy, sphere, 12)
+    quad_err = (out[..., :3].norm(dim=-1) - 1).abs().mean()
+    assert plane_err > 0.01 and quad_err < 0.002
+    torch.testing.assert_close(out[..., 3:], noisy[..., 3:])
+
+    flat = torch.cat([torch.rand(1, 200, 2, generator=g) * 2 - 1, torch.full((1, 200, 1), -0.2)], -1)
+    off = torch.cat([torch.rand(1, 40, 2, generator=g) - 0.5, torch.randn(1, 40, 1, generator=g) * 0.1], -1)
+    moved = project_to_quadrics(off, flat, 10)
+    torch.testing.assert_close(moved[..., 2], torch.full((1, 40), -0.2), atol=1e-4, rtol=0)
+    torch.testing.assert_close(moved[..., :2], off[..., :2], atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="k >= 6"):
+        project_to_quadrics(off, flat, 5)
+
+
 def test_sigma_max_and_projection_settings(encoder: TextEncoder) -> None:
     """``sample.sigma_max`` caps the Karras grid (the sampler starts there), ``sample.project_k``
     moves the upsampler's points onto the coarse cloud's planes; both are validated and reported."""
     import dataclasses
 
     from shared_core.train.loop import build_schedule
-    from threed.pipeline import _sigmas, project_to_planes, upsample
+    from threed.pipeline import _sigmas, project_to_planes, project_to_quadrics, upsample
 
     base, up = _cfg("base"), _cfg("upsampler")
     schedule = build_schedule(base.diffusion)
@@ -250,6 +275,8 @@ def test_sigma_max_and_projection_settings(encoder: TextEncoder) -> None:
         from_dict(PointsConfig, {**TINY, "sample": {"spacing": "trailing", "sigma_max": 10.0}})
     with pytest.raises(ValueError, match="project_k"):
         from_dict(PointsConfig, {**TINY, "sample": {"project_k": 2}})
+    with pytest.raises(ValueError, match="quadric"):
+        from_dict(PointsConfig, {**TINY, "sample": {"project_k": 5, "project_fit": "quadric"}})
 
     model = _randomise(PointsModel(up))
     coarse = torch.randn(2, 16, 6)
@@ -257,9 +284,16 @@ def test_sigma_max_and_projection_settings(encoder: TextEncoder) -> None:
     proj_cfg = dataclasses.replace(up, sample=dataclasses.replace(up.sample, project_k=4))
     projected = upsample(model, proj_cfg, coarse, 20, [0, 1], seed=1)
     torch.testing.assert_close(projected, project_to_planes(plain, coarse, 4))
+    quad_cfg = dataclasses.replace(
+        up, sample=dataclasses.replace(up.sample, project_k=6, project_fit="quadric")
+    )
+    torch.testing.assert_close(
+        upsample(model, quad_cfg, coarse, 20, [0, 1], seed=1), project_to_quadrics(plain, coarse, 6)
+    )
     pipe = PointsPipeline(_randomise(PointsModel(base)), base, model, proj_cfg, encoder)
     st = pipe.settings()
     assert st["sigma_max"] is None and st["upsampler_project_k"] == 4
+    assert st["upsampler_project_fit"] == "plane"
 
 
 def test_canonical_yaw_undoes_the_world_turn(encoder: TextEncoder) -> None:
