@@ -89,8 +89,10 @@ def project_to_quadrics(points: Tensor, surface: Tensor, k: int, ridge: float = 
     (>= 6) nearest points of ``surface (B, M, C)``: in their PCA frame (normal n, tangents t1, t2,
     origin at their centroid) ``h = a u^2 + b uv + c v^2 + d u + e v + f`` by least squares (a tiny
     ``ridge`` keeps degenerate neighbourhoods solvable); the point keeps its tangent coordinates
-    (u, v) and takes the height h(u, v). Unlike ``project_to_planes`` it follows curvature: points
-    of a sphere land on the sphere, not on the chord plane inside it. Only xyz change."""
+    (u, v) and takes the height h(u, v), kept within the neighbours' height range widened by its
+    own size on both sides (a badly conditioned fit can be wild). Unlike ``project_to_planes`` it
+    follows curvature: points of a sphere land on the sphere, not on the chord plane inside it.
+    Only xyz change."""
     if k < 6:
         raise ValueError(f"a quadric fit needs k >= 6 neighbours, got {k}")
     xyz = points[..., :3]
@@ -104,6 +106,10 @@ def project_to_quadrics(points: Tensor, surface: Tensor, k: int, ridge: float = 
     coef = torch.linalg.solve(gram, a.transpose(-1, -2) @ local[..., :1])[..., 0]  # (B, N, 6)
     p = ((xyz - centre)[..., None, :] @ frame)[..., 0, :]  # the point in the frame
     height = (_quadratic_terms(p[..., 1], p[..., 2]) * coef).sum(dim=-1)
+    # A badly conditioned patch (thin parts, two clusters) can give a wild quadratic (points flung
+    # ~3 away were seen): keep the height within the neighbours' height range widened by itself.
+    lo, hi = local[..., 0].amin(dim=-1), local[..., 0].amax(dim=-1)
+    height = torch.minimum(torch.maximum(height, 2 * lo - hi), 2 * hi - lo)
     moved = (
         centre
         + (torch.stack([height, p[..., 1], p[..., 2]], dim=-1)[..., None, :] @ frame.transpose(-1, -2))[

@@ -233,8 +233,8 @@ def test_project_to_planes_puts_points_on_the_local_plane() -> None:
 
 def test_project_to_quadrics_follows_curvature() -> None:
     """On a 512-point unit sphere a plane fit pulls points ~0.015 inside (the chord plane); the
-    quadric fit lands them on the sphere (noisy or not), keeps colour, is exact on a plane, and
-    refuses k < 6."""
+    quadric fit lands them on the sphere (noisy or not), keeps colour, is exact on a plane, stays
+    bounded on a degenerate patch, and refuses k < 6."""
     from threed.pipeline import project_to_planes, project_to_quadrics
 
     g = torch.Generator().manual_seed(0)
@@ -254,6 +254,16 @@ def test_project_to_quadrics_follows_curvature() -> None:
     torch.testing.assert_close(moved[..., :2], off[..., :2], atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="k >= 6"):
         project_to_quadrics(off, flat, 5)
+
+    # A badly conditioned patch (two tight clusters 0.4 apart): the raw least-squares quadratic
+    # flings points ~10 away; the height stays within the neighbours' widened height range.
+    pair = torch.cat(
+        [torch.tensor([-0.2, 0, 0]) + 0.03 * torch.randn(1, 6, 3, generator=g),
+         torch.tensor([0.2, 0, 0]) + 0.03 * torch.randn(1, 6, 3, generator=g)], 1
+    )  # fmt: skip
+    scattered = 0.4 * torch.randn(1, 500, 3, generator=g)
+    moved = project_to_quadrics(scattered, pair, 12)
+    assert float((moved - scattered).norm(dim=-1).max()) < 2.0
 
 
 def test_sigma_max_and_projection_settings(encoder: TextEncoder) -> None:
