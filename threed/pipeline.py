@@ -110,12 +110,7 @@ def project_to_quadrics(points: Tensor, surface: Tensor, k: int, ridge: float = 
     # ~3 away were seen): keep the height within the neighbours' height range widened by itself.
     lo, hi = local[..., 0].amin(dim=-1), local[..., 0].amax(dim=-1)
     height = torch.minimum(torch.maximum(height, 2 * lo - hi), 2 * hi - lo)
-    moved = (
-        centre
-        + (torch.stack([height, p[..., 1], p[..., 2]], dim=-1)[..., None, :] @ frame.transpose(-1, -2))[
-            ..., 0, :
-        ]
-    )
+    moved = centre + (frame @ torch.stack([height, p[..., 1], p[..., 2]], dim=-1)[..., None])[..., 0]
     return torch.cat([moved, points[..., 3:]], dim=-1)
 
 
