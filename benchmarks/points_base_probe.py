@@ -31,7 +31,7 @@ from shared_core.text import TextEncoder
 from threed.evaluate import eval_prompts, nearest_class, reference_seed
 from threed.metrics import compute_all_metrics
 from threed.modality import PointsConfig, PointsModel
-from threed.pipeline import DEFAULT_BASE, PointsPipeline
+from threed.pipeline import DEFAULT_BASE, PROJECTIONS, PointsPipeline
 from threed.world import SHAPES, ShapeWorld
 
 COARSE, FULL = 512, 2048
@@ -87,7 +87,7 @@ def main() -> None:
     )
     ap.add_argument(
         "--project-fit",
-        choices=("plane", "quadric"),
+        choices=sorted(PROJECTIONS),
         default=None,
         help="projection surface (default: the checkpoint's)",
     )

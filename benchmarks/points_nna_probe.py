@@ -25,7 +25,7 @@ import torch
 from shared_core.io import write_json
 from threed.evaluate import eval_prompts
 from threed.metrics import one_nn_accuracy, pairwise_chamfer
-from threed.pipeline import PointsPipeline, project_to_planes, project_to_quadrics, upsample
+from threed.pipeline import PROJECTIONS, PointsPipeline, upsample
 from threed.world import SHAPES, ShapeWorld
 
 COARSE, TOTAL = 512, 2048
@@ -35,7 +35,7 @@ def project(fine: torch.Tensor, coarse: torch.Tensor, fit: str) -> torch.Tensor:
     if fit == "none":
         return fine
     name, k = fit.split(":")
-    return {"plane": project_to_planes, "quadric": project_to_quadrics}[name](fine, coarse, int(k))
+    return PROJECTIONS[name](fine, coarse, int(k))
 
 
 def main() -> None:

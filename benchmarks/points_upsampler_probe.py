@@ -34,7 +34,7 @@ from shared_core.io import write_json
 from shared_core.pretrained import load_pretrained
 from threed.metrics import one_nn_accuracy, pairwise_chamfer
 from threed.modality import PointsConfig, PointsModel
-from threed.pipeline import DEFAULT_UPSAMPLER, upsample
+from threed.pipeline import DEFAULT_UPSAMPLER, PROJECTIONS, upsample
 from threed.world import SHAPES, ShapeWorld
 
 COARSE, EXTRA, SURFACE = 512, 1536, 4096
@@ -96,7 +96,7 @@ def main() -> None:
     )
     ap.add_argument(
         "--project-fit",
-        choices=("plane", "quadric"),
+        choices=sorted(PROJECTIONS),
         default=None,
         help="projection surface (default: the checkpoint's)",
     )

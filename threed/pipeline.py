@@ -35,6 +35,7 @@ __all__ = [
     "DEFAULT_BASE",
     "DEFAULT_UPSAMPLER",
     "MAX_POINTS",
+    "PROJECTIONS",
     "PointsPipeline",
     "project_to_planes",
     "project_to_quadrics",
@@ -67,15 +68,24 @@ def _sigmas(schedule: Schedule, steps: int, spacing: str, sigma_max: float | Non
     return schedule.sigmas(steps, spacing=spacing)  # type: ignore[call-arg]
 
 
+def _neighbourhoods(xyz: Tensor, surface: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """For each point of ``xyz (B, N, 3)`` its ``k`` nearest points of ``surface (B, M, C)``: their
+    centroid ``(B, N, 3)``, their offsets from it ``(B, N, k, 3)`` and their PCA frame ``(B, N, 3, 3)``
+    (columns by ascending variance: the normal first, then the two tangents)."""
+    nb = nearest_points(xyz, surface[..., :3], k)  # (B, N, k, 3)
+    centre = nb.mean(dim=2)
+    spread = nb - centre[..., None, :]
+    frame = torch.linalg.eigh(spread.transpose(-1, -2) @ spread).eigenvectors
+    return centre, spread, frame
+
+
 def project_to_planes(points: Tensor, surface: Tensor, k: int) -> Tensor:
     """Move each point of ``points (B, N, C)`` onto the plane through its ``k`` nearest points of
     ``surface (B, M, C)`` (their centroid, normal = least-variance PCA axis): one moving-least-squares
     projection step. Only xyz (the first 3 channels) change."""
     xyz = points[..., :3]
-    nb = nearest_points(xyz, surface[..., :3], k)  # (B, N, k, 3)
-    centre = nb.mean(dim=2)
-    spread = nb - centre[..., None, :]
-    normal = torch.linalg.eigh(spread.transpose(-1, -2) @ spread).eigenvectors[..., 0]  # (B, N, 3)
+    centre, _, frame = _neighbourhoods(xyz, surface, k)
+    normal = frame[..., 0]  # (B, N, 3)
     offset = ((xyz - centre) * normal).sum(dim=-1, keepdim=True)
     return torch.cat([xyz - offset * normal, points[..., 3:]], dim=-1)
 
@@ -96,10 +106,7 @@ def project_to_quadrics(points: Tensor, surface: Tensor, k: int, ridge: float = 
     if k < 6:
         raise ValueError(f"a quadric fit needs k >= 6 neighbours, got {k}")
     xyz = points[..., :3]
-    nb = nearest_points(xyz, surface[..., :3], k)[..., :3]  # (B, N, k, 3)
-    centre = nb.mean(dim=2)
-    spread = nb - centre[..., None, :]
-    frame = torch.linalg.eigh(spread.transpose(-1, -2) @ spread).eigenvectors  # (B, N, 3, 3)
+    centre, spread, frame = _neighbourhoods(xyz, surface, k)
     local = spread @ frame  # (B, N, k, 3): height along the normal, then the two tangents
     a = _quadratic_terms(local[..., 1], local[..., 2])  # (B, N, k, 6)
     gram = a.transpose(-1, -2) @ a + ridge * torch.eye(6, dtype=a.dtype, device=a.device)
@@ -112,6 +119,13 @@ def project_to_quadrics(points: Tensor, surface: Tensor, k: int, ridge: float = 
     height = torch.minimum(torch.maximum(height, 2 * lo - hi), 2 * hi - lo)
     moved = centre + (frame @ torch.stack([height, p[..., 1], p[..., 2]], dim=-1)[..., None])[..., 0]
     return torch.cat([moved, points[..., 3:]], dim=-1)
+
+
+# ``sample.project_fit`` -> the projection ``upsample`` applies with ``sample.project_k`` neighbours.
+PROJECTIONS: dict[str, Callable[[Tensor, Tensor, int], Tensor]] = {
+    "plane": project_to_planes,
+    "quadric": project_to_quadrics,
+}
 
 
 def turn_randomly(clouds: Tensor, generators: Sequence[torch.Generator]) -> Tensor:
@@ -161,8 +175,7 @@ def upsample(
     fine = fine.reshape(len(ids), k * m, 6)[:, :n]
     if not cfg.sample.project_k:
         return fine
-    project = project_to_quadrics if cfg.sample.project_fit == "quadric" else project_to_planes
-    return project(fine, coarse, cfg.sample.project_k)
+    return PROJECTIONS[cfg.sample.project_fit](fine, coarse, cfg.sample.project_k)
 
 
 class PointsPipeline:
