@@ -525,9 +525,9 @@ def _normalisation(parts: Sequence[_Part], yaw: float) -> tuple[np.ndarray, floa
     return centre, 1.0 / radius
 
 
-def _params(shape: str, rng: np.random.Generator) -> ShapeParams:
+def _params(shape: str, rng: np.random.Generator, jitter: float = _JITTER) -> ShapeParams:
     base = np.asarray(CANONICAL_DIMS[shape])
-    dims = base * rng.uniform(1 - _JITTER, 1 + _JITTER, base.shape)
+    dims = base * rng.uniform(1 - jitter, 1 + jitter, base.shape)
     yaw = float(rng.uniform(0, 2 * math.pi))
     centre, scale = _normalisation(_parts(shape, dims), yaw)
     cx, cy, cz = centre.tolist()
@@ -614,6 +614,9 @@ class ShapeWorld:
         colours: colours drawn (uniformly); None means all of ``COLOURS``.
         captions: "paraphrase" (canonical 25% of the time, else a random template and synonyms)
             or "canonical".
+        jitter: each dimension is drawn uniformly within +-``jitter`` of its canonical value (the
+            world's definition is 0.2; other values serve calibration, e.g. a narrower shape
+            distribution in ``benchmarks/points_nna_calibration.py``).
     """
 
     def __init__(
@@ -623,7 +626,10 @@ class ShapeWorld:
         classes: Sequence[str] | None = None,
         colours: Sequence[str] | None = None,
         captions: Literal["paraphrase", "canonical"] = "paraphrase",
+        jitter: float = _JITTER,
     ) -> None:
+        if not 0 <= jitter < 1:
+            raise ValueError(f"jitter must be in [0, 1), got {jitter}")
         if num_points < 1:
             raise ValueError(f"num_points must be >= 1, got {num_points}")
         if captions not in ("paraphrase", "canonical"):
@@ -636,6 +642,7 @@ class ShapeWorld:
             if bad or not chosen:
                 raise ValueError(f"unknown or no {name}: {bad}; valid: {', '.join(valid)}")
         self.num_points, self.seed, self.caption_mode = num_points, int(seed), captions
+        self.jitter = float(jitter)
 
     def item_ids(self, batch: int, index_or_generator: int | torch.Generator) -> Tensor:
         """(batch,) int64 item ids: ``index * batch + arange(batch)``, or random ids from a generator."""
@@ -649,7 +656,7 @@ class ShapeWorld:
         # the geometry does not depend on the caption mode)
         u = rng.random(5)
         shape, colour = _pick(self.classes, u[0]), _pick(self.colours, u[1])
-        params = _params(shape, rng)
+        params = _params(shape, rng, self.jitter)
         if self.caption_mode == "canonical" or u[2] < _P_CANONICAL:
             caption = canonical_caption(colour, shape)
         else:

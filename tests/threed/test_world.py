@@ -108,6 +108,21 @@ def test_world_options_validated():
     assert set(b.colours.tolist()) == {list(COLOURS).index("cyan")}
 
 
+def test_jitter_bounds_the_dimensions():
+    """Dimensions lie within +-jitter of the canonical ones; jitter 0 gives the canonical shape,
+    and the default is the world's definition (+-20%)."""
+    for jitter in (0.0, 0.05, 0.2):
+        w = ShapeWorld(num_points=8, seed=5, jitter=jitter)
+        for shape, _, p, _ in w.describe(range(40)):
+            ratio = np.asarray(p.dims) / np.asarray(CANONICAL_DIMS[shape])
+            assert np.all(np.abs(ratio - 1) <= jitter + 1e-9), (shape, ratio)
+    items = ShapeWorld(seed=5).describe(range(40))
+    spread = [np.asarray(p.dims) / np.asarray(CANONICAL_DIMS[s]) for s, _, p, _ in items]
+    assert np.abs(np.concatenate(spread) - 1).max() > 0.15
+    with pytest.raises(ValueError, match="jitter"):
+        ShapeWorld(jitter=1.0)
+
+
 def test_captions_round_trip():
     for colour in COLOURS:
         for shape in SHAPES:
