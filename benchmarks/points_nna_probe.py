@@ -1,14 +1,16 @@
 """Which part of the pipeline does 1-NNA-CD at 2048 points see? A quick split of the full metric.
 
     python benchmarks/points_nna_probe.py [--base FILE_OR_RUN_CKPT] [--upsampler ...] [--per-class 20]
-        [--fits plane:8,quadric:12] [--threads 2] [--out J]
+        [--fits plane:8,quadric:12] [--renormalise] [--threads 2] [--out J]
 
 Per class, ``per-class`` clouds from the canonical eval prompts (``threed.evaluate.eval_prompts``,
 the same noise as ``extradim eval points --seed 0``): the base's 512 points, then the upsampler's
 1536 drawn *once* without projection and projected by each ``--fits`` entry (``fit:k``, or
 ``none``), so the projections are compared on the same samples. Each full cloud set is scored by
-1-NNA-CD against ``per-class`` real 2048-point clouds (world seed 4242). 20 per class takes ~3.5 min
-on 2 threads; the spread of a class mean at 20 vs 20 is several points, of the 10-class mean ~2.5.
+1-NNA-CD against ``per-class`` real 2048-point clouds (world seed 4242); ``--renormalise`` also
+scores each set after the world's normalisation (bbox centre 0, max radius 1) is re-applied.
+20 per class takes ~3.5 min on 2 threads; the spread of a class mean at 20 vs 20 is several
+points, of the 10-class mean ~2.5.
 
 For the upsampler alone on *real* coarse clouds see ``points_upsampler_probe.py --nna-per-class``.
 """
@@ -38,18 +40,26 @@ def project(fine: torch.Tensor, coarse: torch.Tensor, fit: str) -> torch.Tensor:
     return PROJECTIONS[name](fine, coarse, int(k))
 
 
+def renormalise(clouds: torch.Tensor) -> torch.Tensor:
+    """The world's normalisation applied to generated clouds: bounding-box centre 0, max radius 1."""
+    x = clouds - (clouds.amax(dim=1, keepdim=True) + clouds.amin(dim=1, keepdim=True)) / 2
+    return x / x.norm(dim=-1).amax(dim=1)[:, None, None]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--base", default=None, help="base checkpoint (default: the shipped one)")
     ap.add_argument("--upsampler", default=None, help="upsampler checkpoint (default: the shipped one)")
     ap.add_argument("--per-class", type=int, default=20)
     ap.add_argument("--fits", default="plane:8,quadric:12", help="comma-separated fit:k or none")
+    ap.add_argument("--renormalise", action="store_true", help="also score each fit renormalised (+renorm)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="write the JSON here too")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     fits = args.fits.split(",")
+    keys = [*fits, *(f"{f}+renorm" for f in fits)] if args.renormalise else fits
     pipe = PointsPipeline.load(args.base, args.upsampler)
     assert pipe.up_cfg is not None and pipe.upsampler is not None
     raw_cfg = dataclasses.replace(pipe.up_cfg, sample=dataclasses.replace(pipe.up_cfg.sample, project_k=0))
@@ -71,8 +81,12 @@ def main() -> None:
         for fit in fits:
             full = torch.cat([coarse, project(fine, coarse, fit)], dim=1)[..., :3].clamp(-1.5, 1.5)
             rows[shape][fit] = one_nn_accuracy(pairwise_chamfer(full, ref), d_rr, pairwise_chamfer(full))
-        print(f"{shape:9s} " + "  ".join(f"{f} {rows[shape][f]:.3f}" for f in fits), flush=True)
-    mean = {f: sum(r[f] for r in rows.values()) / len(SHAPES) for f in fits}
+            if args.renormalise:
+                full = renormalise(full)
+                d_gr, d_gg = pairwise_chamfer(full, ref), pairwise_chamfer(full)
+                rows[shape][f"{fit}+renorm"] = one_nn_accuracy(d_gr, d_rr, d_gg)
+        print(f"{shape:9s} " + "  ".join(f"{f} {rows[shape][f]:.3f}" for f in keys), flush=True)
+    mean = {f: sum(r[f] for r in rows.values()) / len(SHAPES) for f in keys}
     print("mean      " + "  ".join(f"{f} {v:.3f}" for f, v in mean.items()))
     result = {
         "base": str(pipe.checkpoints[0]),
