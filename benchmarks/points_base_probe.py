@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 import torch
+from _results import save_result
 
-from shared_core.io import write_json
 from shared_core.pretrained import load_pretrained
 from shared_core.text import TextEncoder
 from threed.evaluate import eval_prompts, nearest_class, reference_seed
@@ -136,9 +136,7 @@ def main() -> None:
     for shape, r in rows.items():
         print(f"{shape:9s} " + " ".join(f"{k} {v:.3f}" for k, v in r.items()))
     print(f"{result['seconds']} s")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        write_json(args.out, result)
+    save_result(args.out, result)
 
 
 if __name__ == "__main__":

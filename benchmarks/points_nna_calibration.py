@@ -24,8 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from _results import save_result
 
-from shared_core.io import write_json
 from threed.metrics import one_nn_accuracy, pairwise_chamfer
 from threed.world import SHAPES, ShapeWorld
 
@@ -106,9 +106,7 @@ def main() -> None:
     result = {"per_class": n, "points": POINTS, "one_nna_cd": {"mean": mean, "classes": rows}}
     result["seconds"] = round(time.perf_counter() - t, 1)
     print(f"{result['seconds']} s")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        write_json(args.out, result)
+    save_result(args.out, result)
 
 
 if __name__ == "__main__":

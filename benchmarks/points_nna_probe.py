@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 import torch
+from _results import save_result
 
-from shared_core.io import write_json
 from threed.evaluate import eval_prompts
 from threed.metrics import one_nn_accuracy, pairwise_chamfer
 from threed.pipeline import PROJECTIONS, PointsPipeline, upsample
@@ -97,9 +97,7 @@ def main() -> None:
         "seconds": round(time.perf_counter() - t, 1),
     }
     print(f"{result['seconds']} s")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        write_json(args.out, result)
+    save_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 
 import torch
+from _results import save_result
 from torch import Tensor
 
 from shared_core.denoiser import NetworkDenoiser
-from shared_core.io import write_json
 from shared_core.pretrained import load_pretrained
 from shared_core.random import make_generator, randn
 from shared_core.samplers import get_sampler
@@ -131,9 +131,7 @@ def main() -> None:
     projected = result["sigma10_project8"]
     print(f"sigma_max 10 x{cfg.sample.steps} + projection onto 8 coarse neighbours: {projected:.4f}")
     print(f"real floor {result['real_floor']:.4f}; {time.perf_counter() - t0:.0f} s")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        write_json(args.out, result)
+    save_result(args.out, result)
 
 
 if __name__ == "__main__":

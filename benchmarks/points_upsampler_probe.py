@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 
 import torch
+from _results import save_result
 
-from shared_core.io import write_json
 from shared_core.pretrained import load_pretrained
 from threed.metrics import one_nn_accuracy, pairwise_chamfer
 from threed.modality import PointsConfig, PointsModel
@@ -143,9 +143,7 @@ def main() -> None:
     for shape, r in result.get("nna", {}).items():
         print(f"{shape:9s} 1-NNA-CD {r['nna']:.3f} | real {r['real_nna']:.3f}")
     print(f"{result['seconds']} s")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        write_json(args.out, result)
+    save_result(args.out, result)
 
 
 if __name__ == "__main__":
