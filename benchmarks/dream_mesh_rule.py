@@ -12,6 +12,10 @@ a rerun), and meshes every field with ``extract_mesh`` at several IoU slacks of 
 Measured (2026-11-27, shipped prior): seeds 0-1 slack 0 / 0.01 / 0.02 / 0.05: 15 / 16 / 16 / 15 of
 20; seeds 2-3 (1 thread): 14 / 15 / 15 / 15 of 20. About 50 s per field at 2 threads.
 
+``--set KEY=VALUE ...`` distils with other ``DreamConfig`` settings (use a fresh ``--cache``), so the
+same command compares distillation recipes on a subset, e.g. ``--classes table cube mug dumbbell
+--set lambda_tv=0``.
+
 Writes JSON (default ``<cache>/mesh_rule.json``) and prints one line per field and per slack.
 """
 
@@ -22,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from shared_core.io import write_json
 
@@ -32,6 +37,13 @@ def main() -> int:
     ap.add_argument("--classes", nargs="+", default=None, help="default: all shapes")
     ap.add_argument("--slacks", type=float, nargs="+", default=[0.0, 0.01, 0.02, 0.05])
     ap.add_argument("--steps", type=int, default=None, help="dream steps (default: DreamConfig's)")
+    ap.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="DreamConfig overrides (YAML values), e.g. guidance=7 lambda_entropy=0.1",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache", required=True, help="folder of cached fields")
     ap.add_argument("--out", default=None)
@@ -47,7 +59,10 @@ def main() -> int:
     from threed.nerf import GridField
     from threed.world import SHAPES
 
-    cfg = DreamConfig() if args.steps is None else DreamConfig(steps=args.steps)
+    overrides = {k: yaml.safe_load(v) for k, _, v in (kv.partition("=") for kv in args.set)}
+    if args.steps is not None:
+        overrides["steps"] = args.steps
+    cfg = DreamConfig(**overrides)
     refs = {s: r[:, :, :3] for s, r in reference_clouds().items()}
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
@@ -77,7 +92,8 @@ def main() -> int:
     for s, acc in summary.items():
         print(f"slack {s}: class accuracy {acc:.3f} over {len(rows)} fields")
     out = Path(args.out) if args.out else cache / "mesh_rule.json"
-    write_json(out, {"seeds": args.seeds, "threads": args.threads, "summary": summary, "rows": rows})
+    record = {"seeds": args.seeds, "threads": args.threads, "overrides": overrides, "summary": summary}
+    write_json(out, {**record, "rows": rows})
     print(f"wrote {out}")
     return 0
 

@@ -72,6 +72,27 @@ def test_dream_is_reproducible_and_respects_the_time_budget(red_ball):
     assert dream(OraclePrior(red_ball), "x", tiny, seed=0, progress=False).steps == 0
 
 
+def test_supersampled_renders_reach_the_prior_at_its_size(red_ball):
+    class Recording(OraclePrior):
+        def latents(self, images):
+            self.seen = images.detach().clone()
+            return images
+
+    nerf = dict(grid_size=12, samples_per_ray=16, occupancy_size=6)
+    got = {}
+    for ss in (1, 3):
+        prior = Recording(red_ball)
+        cfg = DreamConfig(steps=2, albedo_steps=10**6, supersample=ss, nerf=nerf)
+        dream(prior, "x", cfg, seed=1, progress=False)
+        got[ss] = prior.seen
+    assert got[1].shape == got[3].shape == (2, 3, 16, 16)
+    # the box filter averages sub-pixels: the same object, softer edges, not a different picture
+    assert not torch.equal(got[1], got[3])
+    assert (got[1] - got[3]).abs().mean() < 0.1
+    with pytest.raises(ValueError):
+        DreamConfig(supersample=0)
+
+
 def test_surface_threshold_follows_the_field_scale():
     cfg = NeRFConfig(grid_size=32, blob_density=0.0)
     c = torch.linspace(-cfg.bound, cfg.bound, 32)
