@@ -62,6 +62,8 @@ def main() -> None:
         "--sigma-max", type=float, default=None, help="base Karras top sigma (default: checkpoint)"
     )
     ap.add_argument("--guidance", type=float, default=None, help="base CFG scale (default: the checkpoint's)")
+    ap.add_argument("--guide", default=None, help="a weaker base checkpoint for autoguidance")
+    ap.add_argument("--autoguidance", type=float, default=1.0, help="autoguidance scale (1: off)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="write the JSON here too")
     args = ap.parse_args()
@@ -69,7 +71,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     fits = args.fits.split(",")
     keys = [*fits, *(f"{f}+renorm" for f in fits)] if args.renormalise else fits
-    pipe = PointsPipeline.load(args.base, args.upsampler)
+    pipe = PointsPipeline.load(args.base, args.upsampler, guide=args.guide, autoguidance=args.autoguidance)
     assert pipe.up_cfg is not None and pipe.upsampler is not None
     if args.sigma_max is not None:
         sample = dataclasses.replace(pipe.base_cfg.sample, sigma_max=args.sigma_max)
@@ -105,6 +107,8 @@ def main() -> None:
         "upsampler": str(pipe.checkpoints[1]),
         "per_class": n,
         "settings": st,
+        "guide": args.guide,
+        "autoguidance": args.autoguidance,
         "one_nna_cd": {"mean": mean, "classes": rows},
         "seconds": round(time.perf_counter() - t, 1),
     }

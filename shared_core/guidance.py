@@ -5,6 +5,11 @@ conditional model). Most libraries write it with the scale s = 1 + w:
 eps = eps_u + s (eps_c - eps_u). Because eps = (x - x0) / sigma is affine in x0 at fixed (x, sigma),
 guiding x0 is identical to guiding eps (or v), so the wrapper works on the denoiser contract and
 guides every channel. The conditional and unconditional passes run as one batched forward.
+
+Autoguidance (Karras et al. 2024, "Guiding a Diffusion Model with a Bad Version of Itself") has the
+same form with a weaker model (smaller or trained for less) in place of the unconditional branch:
+x0 = x0_bad + s (x0_good - x0_bad), both under the same condition. It pushes samples away from
+the errors the weaker model makes more of, without CFG's loss of variety.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from torch import Tensor, nn
 from shared_core.denoiser import Denoiser, as_sigma_batch
 from shared_core.diffusion import append_dims
 
-__all__ = ["CFGDenoiser", "rescale_guidance"]
+__all__ = ["AutoGuidanceDenoiser", "CFGDenoiser", "rescale_guidance"]
 
 
 def rescale_guidance(guided: Tensor, cond: Tensor, phi: float) -> Tensor:
@@ -93,3 +98,27 @@ class CFGDenoiser(nn.Module):
             eps_c, eps = (x - x0_c) / s, (x - x0) / s
             x0 = x - s * rescale_guidance(eps, eps_c, self.rescale)
         return x0
+
+
+class AutoGuidanceDenoiser(nn.Module):
+    """``bad(x) + scale (good(x) - bad(x))``: autoguidance by a weaker denoiser (Karras et al. 2024).
+
+    Args:
+        good: the denoiser being sampled.
+        bad: a weaker denoiser of the same data and condition (e.g. an earlier checkpoint).
+        scale: 1 is the good denoiser alone; larger values extrapolate away from the bad one.
+    """
+
+    def __init__(self, good: Denoiser, bad: Denoiser, scale: float) -> None:
+        super().__init__()
+        if scale < 0:
+            raise ValueError(f"autoguidance scale must be >= 0, got {scale}")
+        self.good, self.bad, self.scale = good, bad, float(scale)
+
+    def forward(self, x: Tensor, sigma: Tensor | float, **cond: Any) -> Tensor:
+        sigma_b = as_sigma_batch(sigma, x).to(x.dtype)
+        x0_good = self.good(x, sigma_b, **cond)
+        if self.scale == 1.0:
+            return x0_good
+        x0_bad = self.bad(x, sigma_b, **cond)
+        return x0_bad + self.scale * (x0_good - x0_bad)

@@ -92,8 +92,9 @@ class PointsModelConfig:
     # k < F per coordinate (NeRF's positional encoding; the lowest frequency's period, 4, spans the
     # data's [-1, 1] without aliasing), so that attention can tell near from far.
     fourier_frequencies: int = 0
-    # Upsampler, k > 0: each noisy point also sees its k nearest coarse points (offsets and colours
-    # through a small shared MLP, max-pooled: a PointNet++-style local feature) as extra input channels.
+    # k > 0: each noisy point also sees its k nearest neighbours (offsets and colours through a small
+    # shared MLP, max-pooled: a PointNet++-style local feature) as extra input channels; the
+    # upsampler's neighbours are coarse points, the base's the other noisy points of its own cloud.
     local_k: int = 0
 
     def __post_init__(self) -> None:
@@ -101,8 +102,8 @@ class PointsModelConfig:
             raise ValueError(f"stage must be 'base' or 'upsampler', got {self.stage!r}")
         if not 0 <= self.fourier_frequencies <= 16:
             raise ValueError(f"fourier_frequencies must be in 0..16, got {self.fourier_frequencies}")
-        if self.local_k < 0 or (self.local_k and self.stage != "upsampler"):
-            raise ValueError(f"local_k must be >= 0 and is for the upsampler only, got {self.local_k}")
+        if self.local_k < 0:
+            raise ValueError(f"local_k must be >= 0, got {self.local_k}")
 
 
 @dataclass(frozen=True)
@@ -218,9 +219,10 @@ class PointsModel(nn.Module):
         coarse: Tensor | None = None,
     ) -> Tensor:
         if self.coarse_embed is None:  # base
-            return self.dit(
-                self._with_fourier(x), t, context=context, context_mask=context_mask, pooled=pooled
-            )
+            tokens = self._with_fourier(x)
+            if self.local_mlp is not None:
+                tokens = torch.cat([tokens, self._local_features(x, x)], dim=-1)
+            return self.dit(tokens, t, context=context, context_mask=context_mask, pooled=pooled)
         if coarse is None:
             raise ValueError("the upsampler needs the coarse cloud (coarse=)")
         tokens = self._with_fourier(x)

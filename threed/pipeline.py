@@ -20,7 +20,7 @@ from torch import Tensor
 
 from shared_core.denoiser import NetworkDenoiser
 from shared_core.errors import ExtradimError
-from shared_core.guidance import CFGDenoiser
+from shared_core.guidance import AutoGuidanceDenoiser, CFGDenoiser
 from shared_core.io import file_sha256
 from shared_core.pretrained import load_pretrained, save_pretrained
 from shared_core.random import make_generator, randn
@@ -199,6 +199,8 @@ class PointsPipeline:
         self.checkpoints = checkpoints
         self.checkpoint_sha256 = [file_sha256(p) if p else "" for p in checkpoints]
         self.coarse_points = base_cfg.data.num_points
+        self.guide: PointsModel | None = None
+        self.autoguidance = 1.0
 
     @classmethod
     def load(
@@ -207,14 +209,28 @@ class PointsPipeline:
         upsampler: str | os.PathLike[str] | None = None,
         *,
         text_encoder: str | None = None,
+        guide: str | os.PathLike[str] | None = None,
+        autoguidance: float = 1.0,
     ) -> PointsPipeline:
-        """Load both stages (defaults: the shipped files). Bad files raise a one-line ``CheckpointError``."""
+        """Load both stages (defaults: the shipped files). Bad files raise a one-line ``CheckpointError``.
+
+        ``guide``: a weaker base checkpoint (e.g. an earlier one) for autoguidance of the base at
+        scale ``autoguidance`` (1: off; measured in session 10 and not a default, model card).
+        """
         b_model, b_cfg, b_path = load_pretrained(base or DEFAULT_BASE, PointsConfig, PointsModel)
         u_model, u_cfg, u_path = load_pretrained(upsampler or DEFAULT_UPSAMPLER, PointsConfig, PointsModel)
         enc = TextEncoder.load(text_encoder or b_cfg.data.text_encoder, max_length=b_cfg.data.max_text_length)
         if enc.dim != b_cfg.model.text_dim:
             raise ExtradimError(f"text encoder width {enc.dim} != the model's {b_cfg.model.text_dim}")
-        return cls(b_model, b_cfg, u_model, u_cfg, enc, checkpoints=(b_path, u_path))
+        pipe = cls(b_model, b_cfg, u_model, u_cfg, enc, checkpoints=(b_path, u_path))
+        if guide is not None:
+            g_model, g_cfg, _ = load_pretrained(guide, PointsConfig, PointsModel)
+            if g_cfg.model.stage != "base" or g_cfg.diffusion != b_cfg.diffusion:
+                raise ExtradimError("the autoguidance model must be a base with the same diffusion settings")
+            if autoguidance < 0:
+                raise ExtradimError(f"autoguidance must be >= 0, got {autoguidance}")
+            pipe.guide, pipe.autoguidance = g_model.eval(), float(autoguidance)
+        return pipe
 
     def settings(
         self,
@@ -298,7 +314,10 @@ class PointsPipeline:
         schedule = build_schedule(cfg.diffusion)
         sigmas = _sigmas(schedule, st["steps"], st["spacing"], st["sigma_max"])
         L, D = cond["context"].shape[1:]
-        den = NetworkDenoiser(self.base, schedule, cfg.diffusion.prediction)
+        den: Any = NetworkDenoiser(self.base, schedule, cfg.diffusion.prediction)
+        if self.guide is not None and self.autoguidance != 1.0:
+            bad = NetworkDenoiser(self.guide, schedule, cfg.diffusion.prediction)
+            den = AutoGuidanceDenoiser(den, bad, self.autoguidance)
         guided = CFGDenoiser.from_scale(
             den, st["guidance"], lambda b: text_null_condition(b, L, D), rescale=st["guidance_rescale"]
         )

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from shared_core.guidance import CFGDenoiser
+from shared_core.guidance import AutoGuidanceDenoiser, CFGDenoiser
 
 
 class CountingDenoiser:
@@ -63,3 +63,25 @@ def test_null_keys_must_match() -> None:
     cfg = CFGDenoiser(CountingDenoiser(), 1.0, {"context": torch.zeros(1, 2)})
     with pytest.raises(ValueError, match="null condition keys"):
         cfg(torch.zeros(2, 3), 1.0, y=torch.tensor([1, 2]))
+
+
+def test_autoguidance_extrapolates_from_the_bad_denoiser_under_the_same_condition() -> None:
+    def good(x, sigma, y):
+        return x * 0.5 + y.float().reshape(-1, *([1] * (x.ndim - 1)))
+
+    bad_calls = []
+
+    def bad(x, sigma, y):
+        bad_calls.append(y.clone())
+        return x * 0.25
+
+    x, y = torch.randn(2, 5, 3), torch.tensor([1, 2])
+    out = AutoGuidanceDenoiser(good, bad, 2.0)(x, 0.7, y=y)
+    # bad + 2 (good - bad) = 2 good - bad
+    assert torch.allclose(out, 2 * good(x, 0.7, y) - bad(x, 0.7, y))
+    assert torch.equal(bad_calls[0], y)  # conditioned alike, no null branch
+    bad_calls.clear()
+    assert torch.equal(AutoGuidanceDenoiser(good, bad, 1.0)(x, 0.7, y=y), good(x, 0.7, y))
+    assert not bad_calls  # scale 1 is the good model alone, the bad one is not run
+    with pytest.raises(ValueError, match="scale"):
+        AutoGuidanceDenoiser(good, bad, -1.0)

@@ -75,6 +75,18 @@ def test_emd_is_the_exact_matching_mean_euclidean_distance():
         emd(a[0], b[0, :5])
 
 
+def test_pairwise_emd_on_threads_matches_the_pair_by_pair_values():
+    a, b = _clouds(4, 7, 8), _clouds(3, 7, 9)
+    cross = pairwise_emd(a, b, workers=3)
+    assert cross.shape == (4, 3)
+    for i in range(4):
+        for j in range(3):
+            assert cross[i, j].item() == pytest.approx(emd(a[i], b[j]), rel=1e-6)
+    assert torch.equal(pairwise_emd(a, workers=1), pairwise_emd(a, workers=2))
+    with pytest.raises(ValueError, match="equal size"):
+        pairwise_emd(a, b[:, :5])
+
+
 def test_mmd_cov_as_pointflow():
     d = torch.rand(6, 4, generator=torch.Generator().manual_seed(5))  # (gen, ref)
     mmd, cov = mmd_cov(d)

@@ -69,7 +69,7 @@ def test_all_captions_parse_back() -> None:
 def test_models_are_permutation_equivariant(fourier: int, local_k: int) -> None:
     torch.manual_seed(0)
     for stage in ("base", "upsampler"):
-        model = _randomise(PointsModel(_cfg(stage, fourier, local_k if stage == "upsampler" else 0))).eval()
+        model = _randomise(PointsModel(_cfg(stage, fourier, local_k))).eval()  # base: its own neighbours
         x, t, perm = torch.randn(2, 32, 6), torch.tensor([10.0, 500.0]), torch.randperm(32)
         cond = (
             {"context": torch.randn(2, 16, 384), "context_mask": torch.ones(2, 16, dtype=torch.bool),
@@ -103,7 +103,7 @@ def test_local_features_see_the_nearest_coarse_points() -> None:
     torch.testing.assert_close(model._local_features(x, coarse), model._local_features(x, moved))
     assert not torch.allclose(model._local_features(x, coarse), model._local_features(x, coarse * 0.5))
     with pytest.raises(ValueError, match="local_k"):
-        _cfg("base", local_k=2)
+        _cfg("base", local_k=-1)
 
 
 def test_datasets_are_deterministic_and_shaped(encoder: TextEncoder) -> None:
@@ -173,6 +173,30 @@ def test_checkpoint_round_trip_and_errors(
     (tmp_path / "bad.yaml").write_text(b.with_suffix(".yaml").read_text())
     with pytest.raises(CheckpointError, match="corrupt"):
         PointsPipeline.load(tmp_path / "bad.safetensors", u)
+
+
+def test_autoguidance_by_a_weaker_base(
+    pipeline: PointsPipeline, encoder: TextEncoder, tmp_path: Path
+) -> None:
+    b = save_points_checkpoint(pipeline.base, pipeline.base_cfg, tmp_path / "base.safetensors")
+    assert pipeline.upsampler is not None and pipeline.up_cfg is not None
+    u = save_points_checkpoint(pipeline.upsampler, pipeline.up_cfg, tmp_path / "up.safetensors")
+    torch.manual_seed(3)
+    other = _randomise(PointsModel(pipeline.base_cfg))  # other initial weights: a different model
+    w = save_points_checkpoint(other, pipeline.base_cfg, tmp_path / "weak.safetensors")
+    plain = pipeline.generate(["a cone"], seed=0, num_points=40)
+    runs = {}
+    for name, guide, scale in [("self", b, 2.0), ("weak", w, 2.0), ("off", w, 1.0)]:
+        pipe = PointsPipeline.load(b, u, guide=guide, autoguidance=scale)
+        pipe.text = encoder
+        runs[name] = pipe.generate(["a cone"], seed=0, num_points=40)
+    torch.testing.assert_close(runs["self"], plain, atol=1e-5, rtol=0)  # good - bad = 0
+    torch.testing.assert_close(runs["off"], plain)
+    assert not torch.allclose(runs["weak"], plain, atol=1e-3)
+    with pytest.raises(ExtradimError, match="autoguidance model"):
+        PointsPipeline.load(b, u, guide=u, autoguidance=2.0)
+    with pytest.raises(ExtradimError, match="autoguidance must be"):
+        PointsPipeline.load(b, u, guide=w, autoguidance=-1.0)
 
 
 def test_train_points_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
