@@ -1,11 +1,33 @@
-"""What the probe scripts share: writing their JSON result where ``--out`` says."""
+"""What the probe scripts share: their common options (``--per-class``, ``--threads``, ``--out``)
+and writing their JSON result where ``--out`` says."""
 
 from __future__ import annotations
 
+import argparse
+import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from shared_core.io import write_json
+
+
+def probe_parser(doc: str | None, per_class: int) -> argparse.ArgumentParser:
+    """A parser described by the first line of ``doc`` with the options every probe takes."""
+    ap = argparse.ArgumentParser(description=(doc or "").split("\n")[0])
+    ap.add_argument("--per-class", type=int, default=per_class)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--out", type=Path, default=None, help="write the JSON here too")
+    return ap
+
+
+def parse_probe_args(ap: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parse, and set torch's thread count when ``--threads`` asks."""
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
 
 
 def save_result(out: Path | None, result: dict[str, Any]) -> None:
@@ -13,3 +35,10 @@ def save_result(out: Path | None, result: dict[str, Any]) -> None:
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         write_json(out, result)
+
+
+def finish(out: Path | None, result: dict[str, Any], started: float) -> None:
+    """Record and print the seconds since ``started`` (``time.perf_counter``), then save."""
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    print(f"{result['seconds']} s")
+    save_result(out, result)

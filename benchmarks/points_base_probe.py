@@ -18,13 +18,11 @@ points), it separates the base from the upsampler in a few minutes.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
-from pathlib import Path
 
 import torch
-from _results import save_result
+from _results import finish, parse_probe_args, probe_parser
 
 from shared_core.pretrained import load_pretrained
 from shared_core.text import TextEncoder
@@ -71,10 +69,9 @@ def probe(pipe: PointsPipeline, per_class: int, full: bool, **settings: float) -
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = probe_parser(__doc__, per_class=10)
     ap.add_argument("--base", default=str(DEFAULT_BASE))
     ap.add_argument("--upsampler", default=None, help="also measure the full 2048-point clouds")
-    ap.add_argument("--per-class", type=int, default=10)
     ap.add_argument("--text-encoder", default=None, help="default: the checkpoint's")
     ap.add_argument(
         "--sigma-max",
@@ -94,11 +91,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="base steps (default: the checkpoint's)")
     ap.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the checkpoint's)")
     ap.add_argument("--guidance-rescale", type=float, default=None)
-    ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=None, help="write the JSON here too")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_probe_args(ap)
     base, cfg, path = load_pretrained(args.base, PointsConfig, PointsModel)
     if cfg.model.stage != "base":
         raise SystemExit(f"{args.base} is a {cfg.model.stage} checkpoint, not a base")
@@ -131,12 +124,10 @@ def main() -> None:
               "sigma_max": cfg.sample.sigma_max, "steps": args.steps,
               "guidance": args.guidance, "guidance_rescale": args.guidance_rescale,
               "project_k": up_cfg.sample.project_k if up_cfg else None,
-              "project_fit": up_cfg.sample.project_fit if up_cfg else None, "classes": rows,
-              "seconds": round(time.perf_counter() - t, 1)}  # fmt: skip
+              "project_fit": up_cfg.sample.project_fit if up_cfg else None, "classes": rows}  # fmt: skip
     for shape, r in rows.items():
         print(f"{shape:9s} " + " ".join(f"{k} {v:.3f}" for k, v in r.items()))
-    print(f"{result['seconds']} s")
-    save_result(args.out, result)
+    finish(args.out, result, t)
 
 
 if __name__ == "__main__":

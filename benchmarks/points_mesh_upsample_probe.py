@@ -21,15 +21,13 @@ the coarse cloud's. ~10 min per mode at 20 per class on 2 threads.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import trimesh
-from _results import save_result
+from _results import finish, parse_probe_args, probe_parser
 
 from threed.evaluate import eval_prompts
 from threed.mesh import points_to_mesh
@@ -48,14 +46,9 @@ def mesh_samples(coarse: torch.Tensor, n: int, seed: int) -> torch.Tensor:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = probe_parser(__doc__, per_class=20)
     ap.add_argument("--coarse", choices=("real", "generated"), default="real")
-    ap.add_argument("--per-class", type=int, default=20)
-    ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=None, help="write the JSON here too")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_probe_args(ap)
     pipe = PointsPipeline.load(None, None)
     assert pipe.up_cfg is not None and pipe.upsampler is not None
     raw_cfg = dataclasses.replace(pipe.up_cfg, sample=dataclasses.replace(pipe.up_cfg.sample, project_k=0))
@@ -99,10 +92,8 @@ def main() -> None:
         "upsampler": str(pipe.checkpoints[1]),
         "per_class": n,
         "one_nna_cd": {"mean": mean, "classes": rows},
-        "seconds": round(time.perf_counter() - t, 1),
     }
-    print(f"{result['seconds']} s")
-    save_result(args.out, result)
+    finish(args.out, result, t)
 
 
 if __name__ == "__main__":

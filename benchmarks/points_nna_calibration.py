@@ -18,13 +18,11 @@ the issue's 1-NNA-CD <= 60% bar (see the model card, checkpoints/threed/README.m
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
-from _results import save_result
+from _results import finish, parse_probe_args, probe_parser
 
 from threed.metrics import one_nn_accuracy, pairwise_chamfer
 from threed.world import SHAPES, ShapeWorld
@@ -79,13 +77,8 @@ def _nna(x: torch.Tensor, ref: torch.Tensor, d_rr: torch.Tensor) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--per-class", type=int, default=20)
-    ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=None, help="write the JSON here too")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    ap = probe_parser(__doc__, per_class=20)
+    args = parse_probe_args(ap)
     n = args.per_class
     t = time.perf_counter()
     names = [*PERTURBATIONS, *(f"jitter {j} (world 0.2)" for j in JITTERS)]
@@ -104,9 +97,7 @@ def main() -> None:
     for name, v in mean.items():
         print(f"{name:28s} {v:.3f}")
     result = {"per_class": n, "points": POINTS, "one_nna_cd": {"mean": mean, "classes": rows}}
-    result["seconds"] = round(time.perf_counter() - t, 1)
-    print(f"{result['seconds']} s")
-    save_result(args.out, result)
+    finish(args.out, result, t)
 
 
 if __name__ == "__main__":

@@ -20,13 +20,11 @@ For the upsampler alone on *real* coarse clouds see ``points_upsampler_probe.py 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
-from pathlib import Path
 
 import torch
-from _results import save_result
+from _results import finish, parse_probe_args, probe_parser
 
 from threed.evaluate import eval_prompts
 from threed.metrics import one_nn_accuracy, pairwise_chamfer
@@ -50,10 +48,9 @@ def renormalise(clouds: torch.Tensor) -> torch.Tensor:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = probe_parser(__doc__, per_class=20)
     ap.add_argument("--base", default=None, help="base checkpoint (default: the shipped one)")
     ap.add_argument("--upsampler", default=None, help="upsampler checkpoint (default: the shipped one)")
-    ap.add_argument("--per-class", type=int, default=20)
     ap.add_argument("--fits", default="plane:8,quadric:12", help="comma-separated fit:k or none")
     ap.add_argument("--renormalise", action="store_true", help="also score each fit renormalised (+renorm)")
     ap.add_argument("--sampler", default=None, help="base sampler (default: the checkpoint's)")
@@ -64,11 +61,7 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=None, help="base CFG scale (default: the checkpoint's)")
     ap.add_argument("--guide", default=None, help="a weaker base checkpoint for autoguidance")
     ap.add_argument("--autoguidance", type=float, default=1.0, help="autoguidance scale (1: off)")
-    ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=None, help="write the JSON here too")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_probe_args(ap)
     fits = args.fits.split(",")
     keys = [*fits, *(f"{f}+renorm" for f in fits)] if args.renormalise else fits
     pipe = PointsPipeline.load(args.base, args.upsampler, guide=args.guide, autoguidance=args.autoguidance)
@@ -110,10 +103,8 @@ def main() -> None:
         "guide": args.guide,
         "autoguidance": args.autoguidance,
         "one_nna_cd": {"mean": mean, "classes": rows},
-        "seconds": round(time.perf_counter() - t, 1),
     }
-    print(f"{result['seconds']} s")
-    save_result(args.out, result)
+    finish(args.out, result, t)
 
 
 if __name__ == "__main__":

@@ -17,13 +17,11 @@ softmax over them): the best any denoiser can do knowing the object.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
-from pathlib import Path
 
 import torch
-from _results import save_result
+from _results import parse_probe_args, probe_parser, save_result
 from torch import Tensor
 
 from shared_core.denoiser import NetworkDenoiser
@@ -55,14 +53,9 @@ class Oracle(torch.nn.Module):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = probe_parser(__doc__, per_class=1)
     ap.add_argument("--upsampler", default=str(DEFAULT_UPSAMPLER))
-    ap.add_argument("--per-class", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=None)
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_probe_args(ap)
     model, cfg, _ = load_pretrained(args.upsampler, PointsConfig, PointsModel)
     model = model.eval()
     pts = (

@@ -23,13 +23,11 @@ points (``real_nna``, ideally 50%).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
-from pathlib import Path
 
 import torch
-from _results import save_result
+from _results import finish, parse_probe_args, probe_parser
 
 from shared_core.pretrained import load_pretrained
 from threed.metrics import one_nn_accuracy, pairwise_chamfer
@@ -84,9 +82,8 @@ def nna_probe(model: PointsModel, cfg: PointsConfig, n: int) -> dict[str, dict[s
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = probe_parser(__doc__, per_class=4)
     ap.add_argument("--upsampler", default=str(DEFAULT_UPSAMPLER))
-    ap.add_argument("--per-class", type=int, default=4)
     ap.add_argument("--steps", type=int, default=None, help="sampling steps (default: the checkpoint's)")
     ap.add_argument(
         "--sigma-max", type=float, default=None, help="Karras top level (default: the checkpoint's)"
@@ -103,11 +100,7 @@ def main() -> None:
     ap.add_argument(
         "--nna-per-class", type=int, default=0, help="also 1-NNA-CD at 2048 points on N objects per class"
     )
-    ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=None, help="write the JSON here too")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_probe_args(ap)
     model, cfg, path = load_pretrained(args.upsampler, PointsConfig, PointsModel)
     if cfg.model.stage != "upsampler":
         raise SystemExit(f"{args.upsampler} is a {cfg.model.stage} checkpoint, not an upsampler")
@@ -134,7 +127,6 @@ def main() -> None:
     if args.nna_per_class:
         result["nna_per_class"] = args.nna_per_class
         result["nna"] = nna_probe(model, cfg, args.nna_per_class)
-    result["seconds"] = round(time.perf_counter() - t, 1)
     for shape, r in result["classes"].items():
         print(
             f"{shape:9s} acc {r['acc']:.4f} comp {r['comp']:.4f} far {r['far']:.3f} | "
@@ -142,8 +134,7 @@ def main() -> None:
         )
     for shape, r in result.get("nna", {}).items():
         print(f"{shape:9s} 1-NNA-CD {r['nna']:.3f} | real {r['real_nna']:.3f}")
-    print(f"{result['seconds']} s")
-    save_result(args.out, result)
+    finish(args.out, result, t)
 
 
 if __name__ == "__main__":

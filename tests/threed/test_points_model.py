@@ -155,12 +155,17 @@ def test_num_points_out_of_range(pipeline: PointsPipeline, n: int) -> None:
         pipeline.generate(["a red torus"], num_points=n)
 
 
+def _save_stages(pipeline: PointsPipeline, folder: Path) -> tuple[Path, Path]:
+    """Both stages of ``pipeline`` saved as checkpoints in ``folder``: (base, upsampler)."""
+    b = save_points_checkpoint(pipeline.base, pipeline.base_cfg, folder / "base.safetensors")
+    assert pipeline.upsampler is not None and pipeline.up_cfg is not None
+    return b, save_points_checkpoint(pipeline.upsampler, pipeline.up_cfg, folder / "up.safetensors")
+
+
 def test_checkpoint_round_trip_and_errors(
     pipeline: PointsPipeline, encoder: TextEncoder, tmp_path: Path
 ) -> None:
-    b = save_points_checkpoint(pipeline.base, pipeline.base_cfg, tmp_path / "base.safetensors")
-    assert pipeline.upsampler is not None and pipeline.up_cfg is not None
-    u = save_points_checkpoint(pipeline.upsampler, pipeline.up_cfg, tmp_path / "up.safetensors")
+    b, u = _save_stages(pipeline, tmp_path)
     again = PointsPipeline.load(b, u)
     again.text = encoder
     torch.testing.assert_close(
@@ -178,9 +183,7 @@ def test_checkpoint_round_trip_and_errors(
 def test_autoguidance_by_a_weaker_base(
     pipeline: PointsPipeline, encoder: TextEncoder, tmp_path: Path
 ) -> None:
-    b = save_points_checkpoint(pipeline.base, pipeline.base_cfg, tmp_path / "base.safetensors")
-    assert pipeline.upsampler is not None and pipeline.up_cfg is not None
-    u = save_points_checkpoint(pipeline.upsampler, pipeline.up_cfg, tmp_path / "up.safetensors")
+    b, u = _save_stages(pipeline, tmp_path)
     torch.manual_seed(3)
     other = _randomise(PointsModel(pipeline.base_cfg))  # other initial weights: a different model
     w = save_points_checkpoint(other, pipeline.base_cfg, tmp_path / "weak.safetensors")
