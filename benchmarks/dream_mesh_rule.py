@@ -14,7 +14,8 @@ Measured (2026-11-27, shipped prior): seeds 0-1 slack 0 / 0.01 / 0.02 / 0.05: 15
 
 ``--set KEY=VALUE ...`` distils with other ``DreamConfig`` settings (use a fresh ``--cache``), so the
 same command compares distillation recipes on a subset, e.g. ``--classes table cube mug dumbbell
---set lambda_tv=0``.
+--set lambda_tv=0``; ``--prior P`` distils with another views checkpoint (e.g. one trained with
+``data.background=random``).
 
 Writes JSON (default ``<cache>/mesh_rule.json``) and prints one line per field and per slack.
 """
@@ -44,6 +45,7 @@ def main() -> int:
         metavar="KEY=VALUE",
         help="DreamConfig overrides (YAML values), e.g. guidance=7 lambda_entropy=0.1",
     )
+    ap.add_argument("--prior", default=None, help="views checkpoint or diffusers folder (default: shipped)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache", required=True, help="folder of cached fields")
     ap.add_argument("--out", default=None)
@@ -72,7 +74,7 @@ def main() -> int:
         for seed in args.seeds:
             path = cache / f"{shape}_{seed}.safetensors"
             if not path.is_file():
-                prior = prior or load_prior(None)
+                prior = prior or load_prior(args.prior)
                 t0 = time.perf_counter()
                 result = dream(prior, eval_prompt(shape, seed)[1], cfg, seed=seed, progress=False)
                 state = {k: v.detach().contiguous() for k, v in result.field.state_dict().items()}
@@ -92,7 +94,13 @@ def main() -> int:
     for s, acc in summary.items():
         print(f"slack {s}: class accuracy {acc:.3f} over {len(rows)} fields")
     out = Path(args.out) if args.out else cache / "mesh_rule.json"
-    record = {"seeds": args.seeds, "threads": args.threads, "overrides": overrides, "summary": summary}
+    record = {
+        "prior": args.prior,
+        "seeds": args.seeds,
+        "threads": args.threads,
+        "overrides": overrides,
+        "summary": summary,
+    }
     write_json(out, {**record, "rows": rows})
     print(f"wrote {out}")
     return 0

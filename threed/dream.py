@@ -83,6 +83,10 @@ class DreamConfig:
     supersample: int = 1  # rays per pixel side of the SDS renders, box-filtered to the prior's size
     lr: float = 0.05  # Adam on the density and albedo grids
     background_lr: float = 1e-3
+    # chance that a view is composited over a random solid colour instead of the learned background
+    # (Magic3D / threestudio's augmentation: a translucent part then shows; suits a prior trained on
+    # random backgrounds, ``data.background: random``)
+    random_background: float = 0.0
     guidance: float = 20.0  # CFG scale of the prior (DreamFusion: 100 with Imagen; ours: see README)
     t_range: tuple[float, float] = (0.02, 0.98)  # initial range of diffusion times (fractions)
     t_final: tuple[float, float] = (0.02, 0.5)  # reached linearly at the last step
@@ -106,6 +110,8 @@ class DreamConfig:
             object.__setattr__(self, "nerf", NeRFConfig(**self.nerf))
         if self.steps < 1 or self.max_minutes <= 0 or self.views_per_step < 1 or self.supersample < 1:
             raise ValueError("need steps >= 1, max_minutes > 0, views_per_step >= 1 and supersample >= 1")
+        if not 0 <= self.random_background <= 1:
+            raise ValueError(f"random_background must be a probability, got {self.random_background}")
         if self.guidance < 1 or self.lr <= 0:
             raise ValueError("need guidance >= 1 and lr > 0")
         if not 0 <= self.entropy_start < 1 or self.lambda_entropy < 0:
@@ -228,7 +234,9 @@ def dream(
             light_dir = cam.position() / cam.distance + 0.6 * randn((3,), g).double().numpy()
             light = torch.from_numpy(light_dir / np.linalg.norm(light_dir)).float()
             size = prior.size * cfg.supersample
-            img, out = render_view(nerf, bg, cam, size, occupancy=occ, shading=mode, light=light,
+            # drawn only when used, so runs without the augmentation keep their noise stream
+            back = rand((3,), g) if u[b][3] < cfg.random_background else bg
+            img, out = render_view(nerf, back, cam, size, occupancy=occ, shading=mode, light=light,
                                    ambient=cfg.ambient, stratified=True, generator=g)  # fmt: skip
             images.append(F.avg_pool2d(img[None], cfg.supersample)[0] if cfg.supersample > 1 else img)
             cams.append([az, el])

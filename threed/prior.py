@@ -5,7 +5,8 @@
 DreamFusion distils a text-to-image model into a radiance field. No such model can be downloaded
 here, so this one is trained on renders of the shape world (``threed.views``): each training item
 is one object seen from one camera (azimuth relative to the object's own frame, elevation in a
-range), Lambertian-shaded under a random light, on a black background.
+range), Lambertian-shaded under a random light, on a black background (or, with ``data.background:
+random``, on a solid colour drawn per view).
 
 The model is the shared DiT on image patches (32x32 RGB, 4x4 patches: 64 tokens), cross-attending
 to the text encoder's token states; the pooled text vector and a learned embedding of the camera
@@ -76,9 +77,14 @@ class ViewsDataConfig:
     # shapes drawn uniformly from this list (None: all); repeat a name to draw it more often, e.g. the
     # shapes whose look depends on the azimuth, from which alone the prior learns the camera
     classes: tuple[str, ...] | None = None
+    # "black", or "random": each view composited over a solid colour uniform in RGB, so that dark
+    # surface and empty space differ (score distillation can then ask for opaque, thin parts)
+    background: str = "black"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "elevation", tuple(float(e) for e in self.elevation))
+        if self.background not in ("black", "random"):
+            raise ValueError(f"unknown background {self.background!r}; valid: black, random")
         if self.classes is not None:
             object.__setattr__(self, "classes", tuple(self.classes))
             bad = [c for c in self.classes if c not in SHAPES]
@@ -197,6 +203,7 @@ class ViewsDataset:
             self.labels[j] = SHAPES.index(shape)
             self.colours[j] = list(COLOURS).index(colour)
             rng = _item_rng(cfg.seed + 1, j)
+            back = _item_rng(cfg.seed + 2, j)  # background colours: their own stream
             for k in range(v):
                 # even azimuth coverage per object (stratified), random elevation; relative to the
                 # object's own frame, i.e. the world camera turns with the object's yaw
@@ -211,7 +218,11 @@ class ViewsDataset:
                     ambient=cfg.ambient,
                     supersample=cfg.supersample,
                 )
-                self.images[j * v + k] = (view.image * 255).round().to(torch.uint8)
+                image = view.image
+                if cfg.background == "random":
+                    colour = torch.from_numpy(back.random(3)).float()
+                    image = image + (1 - view.mask) * colour[:, None, None]
+                self.images[j * v + k] = (image.clamp(0, 1) * 255).round().to(torch.uint8)
                 self.cameras[j * v + k] = torch.tensor([az_rel % 360.0, el])
 
     def __len__(self) -> int:

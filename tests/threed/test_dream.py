@@ -7,7 +7,7 @@ import trimesh
 
 from shared_core.schedules import get_schedule
 from threed.dream import DreamConfig, density_volume, dream, extract_mesh, surface_threshold
-from threed.nerf import GridField, NeRFConfig, render_rays
+from threed.nerf import Background, GridField, NeRFConfig, render_rays
 from threed.views import Camera, camera_rays, render_mesh
 
 
@@ -91,6 +91,32 @@ def test_supersampled_renders_reach_the_prior_at_its_size(red_ball):
     assert (got[1] - got[3]).abs().mean() < 0.1
     with pytest.raises(ValueError):
         DreamConfig(supersample=0)
+
+
+def test_random_backgrounds_replace_the_learned_one(red_ball):
+    class Recording(OraclePrior):
+        def latents(self, images):
+            self.seen = images.detach().clone()
+            return images
+
+    nerf = dict(grid_size=12, samples_per_ray=16, occupancy_size=6)
+    runs = {}
+    for p in (0.0, 1.0):
+        prior = Recording(red_ball)
+        cfg = DreamConfig(steps=3, albedo_steps=10**6, random_background=p, nerf=nerf)
+        runs[p] = (dream(prior, "x", cfg, seed=2, progress=False), prior.seen)
+    (learned, seen0), (random, seen1) = runs[0.0], runs[1.0]
+    torch.manual_seed(2)  # how dream() draws its initial field and background MLP for seed 2
+    GridField(NeRFConfig(**nerf))
+    init = Background().state_dict()
+    # with p = 1 the learned background is never rendered, so it never moves; with p = 0 it trains
+    assert all(torch.equal(v, random.background.state_dict()[k]) for k, v in init.items())
+    assert not all(torch.equal(v, learned.background.state_dict()[k]) for k, v in init.items())
+    corner0, corner1 = seen0[:, :, 0, 0], seen1[:, :, 0, 0]  # empty pixels: the background
+    assert not torch.allclose(corner0, corner1)
+    assert (corner1[0] - corner1[1]).abs().max() > 0.1  # a colour per view
+    with pytest.raises(ValueError, match="probability"):
+        DreamConfig(random_background=1.5)
 
 
 def test_surface_threshold_follows_the_field_scale():

@@ -75,6 +75,24 @@ def test_views_dataset_is_deterministic_with_relative_cameras():
         ViewsDataConfig(size=10)
 
 
+def test_random_backgrounds_fill_only_the_empty_pixels():
+    black = ViewsDataset(ViewsDataConfig(size=16, objects=2, views_per_object=3), None, progress=False)
+    cfg = ViewsDataConfig(size=16, objects=2, views_per_object=3, background="random")
+    rand = ViewsDataset(cfg, None, progress=False)
+    assert torch.equal(black.cameras, rand.cameras)  # the colours have their own random stream
+    corners = rand.images[:, :, 0, 0].float()  # the object never reaches a corner
+    assert (black.images[:, :, 0, 0] == 0).all() and corners.sum(1).gt(0).all()
+    assert len({tuple(c) for c in corners.tolist()}) == len(rand)  # a colour per view
+    # a corner's colour fills every empty pixel of its view; covered pixels are the object's own
+    for i in range(len(rand)):
+        empty = black.images[i].sum(0) == 0
+        assert empty.any() and (~empty).any()
+        same = (rand.images[i] == rand.images[i][:, :1, :1]).all(0)
+        assert same[empty].float().mean() > 0.99
+    with pytest.raises(ValueError, match="unknown background"):
+        ViewsDataConfig(background="noise")
+
+
 def test_views_dataset_draws_only_the_configured_classes():
     from threed.world import SHAPES
 
