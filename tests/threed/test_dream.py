@@ -36,6 +36,14 @@ class OraclePrior:
         return lambda x, sigma: target.to(x)
 
 
+class RecordingPrior(OraclePrior):
+    """The oracle, keeping the last batch of renders it was given."""
+
+    def latents(self, images):
+        self.seen = images.detach().clone()
+        return images
+
+
 @pytest.fixture(scope="module")
 def red_ball():
     mesh = trimesh.creation.icosphere(subdivisions=3, radius=0.7)
@@ -72,19 +80,18 @@ def test_dream_is_reproducible_and_respects_the_time_budget(red_ball):
     assert dream(OraclePrior(red_ball), "x", tiny, seed=0, progress=False).steps == 0
 
 
-def test_supersampled_renders_reach_the_prior_at_its_size(red_ball):
-    class Recording(OraclePrior):
-        def latents(self, images):
-            self.seen = images.detach().clone()
-            return images
+TINY_NERF = dict(grid_size=12, samples_per_ray=16, occupancy_size=6)
 
-    nerf = dict(grid_size=12, samples_per_ray=16, occupancy_size=6)
-    got = {}
-    for ss in (1, 3):
-        prior = Recording(red_ball)
-        cfg = DreamConfig(steps=2, albedo_steps=10**6, supersample=ss, nerf=nerf)
-        dream(prior, "x", cfg, seed=1, progress=False)
-        got[ss] = prior.seen
+
+def _recorded(mesh, seed: int, steps: int, **overrides):
+    """A short albedo-only run on a tiny grid: its result and the renders of its last step."""
+    prior = RecordingPrior(mesh)
+    cfg = DreamConfig(steps=steps, albedo_steps=10**6, nerf=TINY_NERF, **overrides)
+    return dream(prior, "x", cfg, seed=seed, progress=False), prior.seen
+
+
+def test_supersampled_renders_reach_the_prior_at_its_size(red_ball):
+    got = {ss: _recorded(red_ball, 1, 2, supersample=ss)[1] for ss in (1, 3)}
     assert got[1].shape == got[3].shape == (2, 3, 16, 16)
     # the box filter averages sub-pixels: the same object, softer edges, not a different picture
     assert not torch.equal(got[1], got[3])
@@ -94,20 +101,9 @@ def test_supersampled_renders_reach_the_prior_at_its_size(red_ball):
 
 
 def test_random_backgrounds_replace_the_learned_one(red_ball):
-    class Recording(OraclePrior):
-        def latents(self, images):
-            self.seen = images.detach().clone()
-            return images
-
-    nerf = dict(grid_size=12, samples_per_ray=16, occupancy_size=6)
-    runs = {}
-    for p in (0.0, 1.0):
-        prior = Recording(red_ball)
-        cfg = DreamConfig(steps=3, albedo_steps=10**6, random_background=p, nerf=nerf)
-        runs[p] = (dream(prior, "x", cfg, seed=2, progress=False), prior.seen)
-    (learned, seen0), (random, seen1) = runs[0.0], runs[1.0]
+    (learned, seen0), (random, seen1) = (_recorded(red_ball, 2, 3, random_background=p) for p in (0.0, 1.0))
     torch.manual_seed(2)  # how dream() draws its initial field and background MLP for seed 2
-    GridField(NeRFConfig(**nerf))
+    GridField(NeRFConfig(**TINY_NERF))
     init = Background().state_dict()
     # with p = 1 the learned background is never rendered, so it never moves; with p = 0 it trains
     assert all(torch.equal(v, random.background.state_dict()[k]) for k, v in init.items())
