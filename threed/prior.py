@@ -209,6 +209,7 @@ class ViewsDataset:
                 # object's own frame, i.e. the world camera turns with the object's yaw
                 az_rel = (k + rng.random()) * 360.0 / v
                 el = float(lo + (hi - lo) * rng.random())
+                colour = tuple(back.random(3).tolist()) if cfg.background == "random" else 0.0
                 cam = Camera(az_rel + math.degrees(params.yaw), el, cfg.distance, cfg.fov)
                 view = render_mesh(
                     mesh,
@@ -216,13 +217,10 @@ class ViewsDataset:
                     s,
                     light=random_light(cam, rng),
                     ambient=cfg.ambient,
+                    background=colour,
                     supersample=cfg.supersample,
                 )
-                image = view.image
-                if cfg.background == "random":
-                    colour = torch.from_numpy(back.random(3)).float()
-                    image = image + (1 - view.mask) * colour[:, None, None]
-                self.images[j * v + k] = (image.clamp(0, 1) * 255).round().to(torch.uint8)
+                self.images[j * v + k] = (view.image * 255).round().to(torch.uint8)
                 self.cameras[j * v + k] = torch.tensor([az_rel % 360.0, el])
 
     def __len__(self) -> int:

@@ -77,19 +77,20 @@ def render_mesh(
     *,
     light: np.ndarray | None = None,
     ambient: float = 0.3,
-    background: float = 0.0,
+    background: float | tuple[float, float, float] = 0.0,
     supersample: int = 2,
 ) -> RenderedView:
     """Render a vertex-coloured mesh: Lambertian ``albedo * (ambient + (1 - ambient) * max(n.l, 0))``.
 
     ``light`` is the unit direction towards the light (default: from the camera); ``background``
-    the grey level of empty pixels.
+    the grey level or RGB colour of empty pixels.
     """
     s = size * supersample
     origins, dirs = camera_rays(camera, s)
     o, d = origins.numpy().astype(np.float64), dirs.numpy().astype(np.float64)
     tri, ray, loc = mesh.ray.intersects_id(o, d, multiple_hits=False, return_locations=True)
-    rgb = np.full((s * s, 3), float(background))
+    rgb = np.empty((s * s, 3))
+    rgb[:] = background  # a grey level or an RGB triple
     cover = np.zeros(s * s)
     if len(tri):
         l = camera.position() / camera.distance if light is None else np.asarray(light, dtype=np.float64)
