@@ -2,7 +2,7 @@
 
     python benchmarks/points_nna_probe.py [--base FILE_OR_RUN_CKPT] [--upsampler ...] [--per-class 20]
         [--fits plane:8,quadric:12] [--renormalise] [--sampler S] [--steps N] [--sigma-max X]
-        [--guidance G] [--threads 2] [--out J]
+        [--guidance G] [--up-start noise|coarse] [--up-sigma-max X] [--up-steps N] [--threads 2] [--out J]
 
 Per class, ``per-class`` clouds from the canonical eval prompts (``threed.evaluate.eval_prompts``,
 the same noise as ``extradim eval points --seed 0``): the base's 512 points, then the upsampler's
@@ -11,7 +11,7 @@ the same noise as ``extradim eval points --seed 0``): the base's 512 points, the
 1-NNA-CD against ``per-class`` real 2048-point clouds (world seed 4242); ``--renormalise`` also
 scores each set after the world's normalisation (bbox centre 0, max radius 1) is re-applied.
 ``--sampler``, ``--steps``, ``--sigma-max`` and ``--guidance`` override the base's sampling
-settings (default: the checkpoint's).
+settings (default: the checkpoint's); ``--up-*`` the upsampler's (``PointsSampleConfig.start``).
 20 per class takes ~3.5 min on 2 threads; the spread of a class mean at 20 vs 20 is several
 points, of the 10-class mean ~2.5.
 
@@ -59,6 +59,9 @@ def main() -> None:
         "--sigma-max", type=float, default=None, help="base Karras top sigma (default: checkpoint)"
     )
     ap.add_argument("--guidance", type=float, default=None, help="base CFG scale (default: the checkpoint's)")
+    ap.add_argument("--up-start", choices=["noise", "coarse"], default=None, help="upsampler start")
+    ap.add_argument("--up-sigma-max", type=float, default=None, help="upsampler Karras top sigma")
+    ap.add_argument("--up-steps", type=int, default=None, help="upsampler steps")
     ap.add_argument("--guide", default=None, help="a weaker base checkpoint for autoguidance")
     ap.add_argument("--autoguidance", type=float, default=1.0, help="autoguidance scale (1: off)")
     args = parse_probe_args(ap)
@@ -69,7 +72,9 @@ def main() -> None:
     if args.sigma_max is not None:
         sample = dataclasses.replace(pipe.base_cfg.sample, sigma_max=args.sigma_max)
         pipe.base_cfg = dataclasses.replace(pipe.base_cfg, sample=sample)
-    raw_cfg = dataclasses.replace(pipe.up_cfg, sample=dataclasses.replace(pipe.up_cfg.sample, project_k=0))
+    up = {"project_k": 0, "start": args.up_start, "sigma_max": args.up_sigma_max, "steps": args.up_steps}
+    up_sample = dataclasses.replace(pipe.up_cfg.sample, **{k: v for k, v in up.items() if v is not None})
+    raw_cfg = dataclasses.replace(pipe.up_cfg, sample=up_sample)
     st = pipe.settings(steps=args.steps, guidance=args.guidance, sampler=args.sampler)
     n = args.per_class
     t = time.perf_counter()
@@ -100,6 +105,7 @@ def main() -> None:
         "upsampler": str(pipe.checkpoints[1]),
         "per_class": n,
         "settings": st,
+        "upsampler_sample": dataclasses.asdict(up_sample),
         "guide": args.guide,
         "autoguidance": args.autoguidance,
         "one_nna_cd": {"mean": mean, "classes": rows},

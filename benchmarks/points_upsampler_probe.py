@@ -98,6 +98,12 @@ def main() -> None:
         help="projection surface (default: the checkpoint's)",
     )
     ap.add_argument(
+        "--start",
+        choices=["noise", "coarse"],
+        default=None,
+        help="start from pure noise or from the coarse points plus noise (default: the checkpoint's)",
+    )
+    ap.add_argument(
         "--nna-per-class", type=int, default=0, help="also 1-NNA-CD at 2048 points on N objects per class"
     )
     args = parse_probe_args(ap)
@@ -112,6 +118,8 @@ def main() -> None:
         cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, project_fit=args.project_fit))
     if args.sigma_max is not None:
         cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, sigma_max=args.sigma_max))
+    if args.start is not None:
+        cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, start=args.start))
     model = model.eval()
     t = time.perf_counter()
     result = {
@@ -121,6 +129,7 @@ def main() -> None:
         "sigma_max": cfg.sample.sigma_max,
         "project_k": cfg.sample.project_k,
         "project_fit": cfg.sample.project_fit,
+        "start": cfg.sample.start,
         "per_class": args.per_class,
         "classes": probe(model, cfg, args.per_class),
     }

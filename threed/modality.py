@@ -123,6 +123,12 @@ class PointsSampleConfig:
     # inside it) and needs k >= 6.
     project_k: int = 0
     project_fit: Literal["plane", "quadric"] = "plane"
+    # Upsampler: where sampling starts. "noise": pure noise at sigma_max, as trained; "coarse":
+    # each chunk of extra points starts as the coarse points (in a random order) plus noise of
+    # sigma_max (SDEdit, Meng et al. 2022): the coarse cloud is itself a sample of the same surface,
+    # so at a small sigma_max (about the coarse spacing, ~0.1-0.2) this is already close to the
+    # noisy fine cloud's distribution, and the upsampler only has to settle points locally.
+    start: Literal["noise", "coarse"] = "noise"
     batch_size: int = 32
     seed: int = 0
 

@@ -177,6 +177,9 @@ class DiffusionConfig:
     weighting: Literal["uniform", "snr", "min_snr"] = "uniform"
     min_snr_gamma: float = 5.0
     timesteps: Literal["uniform", "lognormal", "loss_aware"] = "uniform"
+    # Keyword arguments of the timestep sampler, e.g. {p_mean: -2.5, p_std: 1.0} for "lognormal"
+    # (EDM's -1.2 / 1.2 by default; a refiner trained for low noise levels only wants a lower mean).
+    timesteps_args: dict[str, float | int] = field(default_factory=dict)
     cond_drop_prob: float = 0.1  # replace the condition by the null one (CFG training, Ho & Salimans)
 
     def __post_init__(self) -> None:
@@ -285,6 +288,7 @@ class DiffusionObjective:
         prediction: "eps", "x0" or "v".
         weighting: "uniform", "snr" or "min_snr".
         timesteps: "uniform", "lognormal" (EDM) or "loss_aware" (importance sampling).
+        timesteps_args: keyword arguments of that timestep sampler (e.g. ``p_mean``, ``p_std``).
         input_key: batch key of the clean data x0 (B, ...).
         cond_keys: batch keys passed to the network as keyword conditions.
         null_cond: per-sample null value of each condition that dropout may replace (e.g. the
@@ -300,6 +304,7 @@ class DiffusionObjective:
         weighting: str = "uniform",
         min_snr_gamma: float = 5.0,
         timesteps: str = "uniform",
+        timesteps_args: Mapping[str, float | int] | None = None,
         input_key: str = "x",
         cond_keys: Sequence[str] = (),
         null_cond: Mapping[str, Tensor] | None = None,
@@ -320,7 +325,10 @@ class DiffusionObjective:
             weighting,
             min_snr_gamma,
         )
-        self.t_sampler = samplers[timesteps](schedule)
+        try:
+            self.t_sampler = samplers[timesteps](schedule, **(timesteps_args or {}))
+        except TypeError as exc:
+            raise ValueError(f"timesteps {timesteps!r} / timesteps_args: {exc}") from None
         # Only loss-aware sampling learns from the losses; skip the per-step gather otherwise.
         self.observes = isinstance(self.t_sampler, LossAwareTimesteps)
         self.input_key, self.cond_keys = input_key, tuple(cond_keys)
@@ -345,6 +353,7 @@ class DiffusionObjective:
             weighting=cfg.weighting,
             min_snr_gamma=cfg.min_snr_gamma,
             timesteps=cfg.timesteps,
+            timesteps_args=cfg.timesteps_args,
             input_key=input_key,
             cond_keys=cond_keys,
             null_cond=null_cond,

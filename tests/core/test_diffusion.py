@@ -140,6 +140,26 @@ def test_timestep_samplers_ranges() -> None:
     assert abs(log_sigma.median().item() + 1.2) < 0.05  # EDM's P_mean
 
 
+def test_timesteps_args_reach_the_sampler_from_the_config() -> None:
+    """``diffusion.timesteps_args`` configures the timestep sampler (a low-noise refiner's log-normal);
+    arguments the sampler does not take are a clear ValueError."""
+    from shared_core.config import from_dict
+    from shared_core.train.loop import DiffusionConfig, DiffusionObjective
+
+    cfg = from_dict(
+        DiffusionConfig,
+        {"schedule": "ve", "timesteps": "lognormal", "timesteps_args": {"p_mean": -3.0, "p_std": 0.5}},
+    )
+    sampler = DiffusionObjective.from_config(cfg).t_sampler
+    t, _ = sampler.sample(20000, make_generator(0))
+    log_sigma = VESchedule().sigma(t).log()
+    assert abs(log_sigma.median().item() + 3.0) < 0.05 and abs(log_sigma.std().item() - 0.5) < 0.05
+    with pytest.raises(ValueError, match="timesteps_args"):
+        DiffusionObjective.from_config(
+            from_dict(DiffusionConfig, {"timesteps": "uniform", "timesteps_args": {"p_mean": -3.0}})
+        )
+
+
 def test_loss_aware_sampler_unbiased_and_lower_variance() -> None:
     """Per-t losses that vary by orders of magnitude with t (as the diffusion loss does near t=0):
     the importance-weighted estimate has the uniform expectation and a much lower variance."""

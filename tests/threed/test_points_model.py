@@ -394,3 +394,45 @@ def test_canonical_base_turns_each_cloud_by_its_seeded_yaw(encoder: TextEncoder)
     one, two = turn_randomly(a, g(0)), turn_randomly(a, g(0))
     torch.testing.assert_close(one, two)
     assert not torch.allclose(one, turn_randomly(a, g(10)))
+
+
+def test_upsampler_can_start_from_the_coarse_cloud(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sample.start: coarse`` starts each chunk at the coarse points (a random order, drawn per
+    cloud and chunk; with replacement when the chunk is larger) plus noise of the grid's top level;
+    ``noise`` starts at pure noise. The start is validated by the config."""
+    import dataclasses
+
+    import threed.pipeline as pipeline_mod
+
+    up = _cfg("upsampler")  # chunks of m = 32 points
+    model = _randomise(PointsModel(up))
+    starts: list[torch.Tensor] = []
+
+    def capture(den: object, x: torch.Tensor, sigmas: torch.Tensor, **kw: object) -> torch.Tensor:
+        starts.append(x.clone())
+        return x
+
+    monkeypatch.setattr(pipeline_mod, "get_sampler", lambda name: capture)
+    small = dataclasses.replace(up.sample, start="coarse", sigma_max=0.01, spacing="karras")
+    cfg = dataclasses.replace(up, sample=small)
+    coarse = torch.randn(2, 40, 6)  # more coarse points than a chunk: each chunk a permutation's head
+    pipeline_mod.upsample(model, cfg, coarse, 64, [0, 1], seed=1)
+    x = starts[-1].reshape(2, 2, 32, 6)  # (clouds, chunks, m, 6)
+    for b in range(2):
+        d = torch.cdist(x[b].reshape(-1, 6), coarse[b])
+        nearest = d.min(dim=1)
+        assert float(nearest.values.max()) < 0.1  # each start point sits on a coarse point
+        for c in range(2):  # within a chunk no coarse point is used twice
+            assert nearest.indices.reshape(2, 32)[c].unique().numel() == 32
+    assert not torch.allclose(x[0, 0], x[0, 1])  # chunks draw their own orders
+    pipeline_mod.upsample(model, cfg, coarse[1:], 64, [1], seed=1)  # batch-independent
+    torch.testing.assert_close(starts[-1], starts[-2][2:])
+
+    few = coarse[:, :10]  # fewer coarse points than a chunk: drawn with replacement
+    pipeline_mod.upsample(model, cfg, few, 32, [0, 1], seed=1)
+    assert float(torch.cdist(starts[-1][0], few[0]).min(dim=1).values.max()) < 0.1
+
+    pipeline_mod.upsample(model, up, coarse, 32, [0, 1], seed=1)  # default: pure noise, std ~sigma_max
+    assert float(starts[-1].std()) > 10
+    with pytest.raises(ValueError, match="start"):
+        from_dict(PointsConfig, {**TINY, "sample": {"start": "zeros"}})
