@@ -4,6 +4,7 @@ and writing their JSON result where ``--out`` says."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,13 @@ def parse_probe_args(ap: argparse.ArgumentParser) -> argparse.Namespace:
     if args.threads:
         torch.set_num_threads(args.threads)
     return args
+
+
+def with_sample(cfg: Any, **overrides: Any) -> Any:
+    """``cfg`` (a frozen config with a ``sample`` section) with the ``overrides`` that are not None
+    set in its ``sample``: the probes' "default: the checkpoint's" options."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, **given)) if given else cfg
 
 
 def save_result(out: Path | None, result: dict[str, Any]) -> None:

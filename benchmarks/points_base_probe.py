@@ -18,11 +18,10 @@ points), it separates the base from the upsampler in a few minutes.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import torch
-from _results import finish, parse_probe_args, probe_parser
+from _results import finish, parse_probe_args, probe_parser, with_sample
 
 from shared_core.pretrained import load_pretrained
 from shared_core.text import TextEncoder
@@ -98,19 +97,10 @@ def main() -> None:
     up = up_cfg = None
     if args.upsampler:
         up, up_cfg, _ = load_pretrained(args.upsampler, PointsConfig, PointsModel)
-    if args.sigma_max is not None:
-        cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, sigma_max=args.sigma_max))
-        if up_cfg is not None:
-            up_cfg = dataclasses.replace(
-                up_cfg, sample=dataclasses.replace(up_cfg.sample, sigma_max=args.sigma_max)
-            )
-    if args.project_k is not None and up_cfg is not None:
-        up_cfg = dataclasses.replace(
-            up_cfg, sample=dataclasses.replace(up_cfg.sample, project_k=args.project_k)
-        )
-    if args.project_fit is not None and up_cfg is not None:
-        up_cfg = dataclasses.replace(
-            up_cfg, sample=dataclasses.replace(up_cfg.sample, project_fit=args.project_fit)
+    cfg = with_sample(cfg, sigma_max=args.sigma_max)
+    if up_cfg is not None:
+        up_cfg = with_sample(
+            up_cfg, sigma_max=args.sigma_max, project_k=args.project_k, project_fit=args.project_fit
         )
     enc = TextEncoder.load(args.text_encoder or cfg.data.text_encoder, max_length=cfg.data.max_text_length)
     pipe = PointsPipeline(base.eval(), cfg, up.eval() if up else None, up_cfg, enc)

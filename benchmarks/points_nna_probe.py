@@ -24,7 +24,7 @@ import dataclasses
 import time
 
 import torch
-from _results import finish, parse_probe_args, probe_parser
+from _results import finish, parse_probe_args, probe_parser, with_sample
 
 from threed.evaluate import eval_prompts
 from threed.metrics import one_nn_accuracy, pairwise_chamfer
@@ -69,12 +69,10 @@ def main() -> None:
     keys = [*fits, *(f"{f}+renorm" for f in fits)] if args.renormalise else fits
     pipe = PointsPipeline.load(args.base, args.upsampler, guide=args.guide, autoguidance=args.autoguidance)
     assert pipe.up_cfg is not None and pipe.upsampler is not None
-    if args.sigma_max is not None:
-        sample = dataclasses.replace(pipe.base_cfg.sample, sigma_max=args.sigma_max)
-        pipe.base_cfg = dataclasses.replace(pipe.base_cfg, sample=sample)
-    up = {"project_k": 0, "start": args.up_start, "sigma_max": args.up_sigma_max, "steps": args.up_steps}
-    up_sample = dataclasses.replace(pipe.up_cfg.sample, **{k: v for k, v in up.items() if v is not None})
-    raw_cfg = dataclasses.replace(pipe.up_cfg, sample=up_sample)
+    pipe.base_cfg = with_sample(pipe.base_cfg, sigma_max=args.sigma_max)
+    raw_cfg = with_sample(
+        pipe.up_cfg, project_k=0, start=args.up_start, sigma_max=args.up_sigma_max, steps=args.up_steps
+    )
     st = pipe.settings(steps=args.steps, guidance=args.guidance, sampler=args.sampler)
     n = args.per_class
     t = time.perf_counter()
@@ -105,7 +103,7 @@ def main() -> None:
         "upsampler": str(pipe.checkpoints[1]),
         "per_class": n,
         "settings": st,
-        "upsampler_sample": dataclasses.asdict(up_sample),
+        "upsampler_sample": dataclasses.asdict(raw_cfg.sample),
         "guide": args.guide,
         "autoguidance": args.autoguidance,
         "one_nna_cd": {"mean": mean, "classes": rows},

@@ -23,11 +23,10 @@ points (``real_nna``, ideally 50%).
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import torch
-from _results import finish, parse_probe_args, probe_parser
+from _results import finish, parse_probe_args, probe_parser, with_sample
 
 from shared_core.pretrained import load_pretrained
 from threed.metrics import one_nn_accuracy, pairwise_chamfer
@@ -110,16 +109,14 @@ def main() -> None:
     model, cfg, path = load_pretrained(args.upsampler, PointsConfig, PointsModel)
     if cfg.model.stage != "upsampler":
         raise SystemExit(f"{args.upsampler} is a {cfg.model.stage} checkpoint, not an upsampler")
-    if args.steps is not None:
-        cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, steps=args.steps))
-    if args.project_k is not None:
-        cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, project_k=args.project_k))
-    if args.project_fit is not None:
-        cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, project_fit=args.project_fit))
-    if args.sigma_max is not None:
-        cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, sigma_max=args.sigma_max))
-    if args.start is not None:
-        cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, start=args.start))
+    cfg = with_sample(
+        cfg,
+        steps=args.steps,
+        project_k=args.project_k,
+        project_fit=args.project_fit,
+        sigma_max=args.sigma_max,
+        start=args.start,
+    )
     model = model.eval()
     t = time.perf_counter()
     result = {
