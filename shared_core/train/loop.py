@@ -17,6 +17,7 @@ samples each match one process with G samples up to float summation order.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
 import os
@@ -167,6 +168,24 @@ class TrainConfig:
             raise ValueError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")
 
 
+# ``DiffusionConfig.timesteps`` -> its timestep sampler (constructed as ``cls(schedule, **timesteps_args)``).
+TIMESTEP_SAMPLERS: dict[str, type[UniformTimesteps | LogNormalTimesteps | LossAwareTimesteps]] = {
+    "uniform": UniformTimesteps,
+    "lognormal": LogNormalTimesteps,
+    "loss_aware": LossAwareTimesteps,
+}
+
+
+def _check_timesteps(timesteps: str, timesteps_args: Mapping[str, Any]) -> None:
+    """ValueError unless ``timesteps`` names a sampler that takes ``timesteps_args`` as keywords."""
+    if timesteps not in TIMESTEP_SAMPLERS:
+        raise ValueError(f"unknown timesteps {timesteps!r}; valid: {', '.join(TIMESTEP_SAMPLERS)}")
+    try:
+        inspect.signature(TIMESTEP_SAMPLERS[timesteps]).bind(None, **timesteps_args)
+    except TypeError as exc:
+        raise ValueError(f"timesteps {timesteps!r} / timesteps_args: {exc}") from None
+
+
 @dataclass(frozen=True)
 class DiffusionConfig:
     """The denoising objective (``shared_core.diffusion``)."""
@@ -185,6 +204,7 @@ class DiffusionConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.cond_drop_prob <= 1.0:
             raise ValueError(f"cond_drop_prob must be in [0, 1], got {self.cond_drop_prob}")
+        _check_timesteps(self.timesteps, self.timesteps_args)
 
 
 @dataclass(frozen=True)
@@ -312,23 +332,15 @@ class DiffusionObjective:
     ) -> None:
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; valid: {', '.join(PREDICTIONS)}")
-        samplers = {
-            "uniform": UniformTimesteps,
-            "lognormal": LogNormalTimesteps,
-            "loss_aware": LossAwareTimesteps,
-        }
-        if timesteps not in samplers:
-            raise ValueError(f"unknown timesteps {timesteps!r}; valid: {', '.join(samplers)}")
+        _check_timesteps(timesteps, timesteps_args or {})
         self.schedule, self.prediction, self.weighting, self.min_snr_gamma = (
             schedule,
             prediction,
             weighting,
             min_snr_gamma,
         )
-        try:
-            self.t_sampler = samplers[timesteps](schedule, **(timesteps_args or {}))
-        except TypeError as exc:
-            raise ValueError(f"timesteps {timesteps!r} / timesteps_args: {exc}") from None
+        args: dict[str, Any] = dict(timesteps_args or {})  # checked above against the signature
+        self.t_sampler = TIMESTEP_SAMPLERS[timesteps](schedule, **args)
         # Only loss-aware sampling learns from the losses; skip the per-step gather otherwise.
         self.observes = isinstance(self.t_sampler, LossAwareTimesteps)
         self.input_key, self.cond_keys = input_key, tuple(cond_keys)

@@ -142,7 +142,7 @@ def test_timestep_samplers_ranges() -> None:
 
 def test_timesteps_args_reach_the_sampler_from_the_config() -> None:
     """``diffusion.timesteps_args`` configures the timestep sampler (a low-noise refiner's log-normal);
-    arguments the sampler does not take are a clear ValueError."""
+    arguments the sampler does not take are a clear ValueError, already when the config loads."""
     from shared_core.config import from_dict
     from shared_core.train.loop import DiffusionConfig, DiffusionObjective
 
@@ -154,10 +154,11 @@ def test_timesteps_args_reach_the_sampler_from_the_config() -> None:
     t, _ = sampler.sample(20000, make_generator(0))
     log_sigma = VESchedule().sigma(t).log()
     assert abs(log_sigma.median().item() + 3.0) < 0.05 and abs(log_sigma.std().item() - 0.5) < 0.05
+    # caught when the config loads (a one-line config error in the CLI), and by the objective itself
     with pytest.raises(ValueError, match="timesteps_args"):
-        DiffusionObjective.from_config(
-            from_dict(DiffusionConfig, {"timesteps": "uniform", "timesteps_args": {"p_mean": -3.0}})
-        )
+        from_dict(DiffusionConfig, {"timesteps": "uniform", "timesteps_args": {"p_mean": -3.0}})
+    with pytest.raises(ValueError, match="timesteps_args"):
+        DiffusionObjective(VESchedule(), timesteps="uniform", timesteps_args={"p_mean": -3.0})
 
 
 def test_loss_aware_sampler_unbiased_and_lower_variance() -> None:
