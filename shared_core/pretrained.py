@@ -24,6 +24,7 @@ from shared_core.io import atomic_path
 __all__ = [
     "checkpoint_files",
     "load_pretrained",
+    "load_state_partial",
     "load_state_strict",
     "load_tagged",
     "save_pretrained",
@@ -87,6 +88,31 @@ def load_state_strict(module: nn.Module, state: dict[str, Any], context: str) ->
     except RuntimeError as exc:
         first = next((ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()), str(exc))
         raise CheckpointError(f"{context}: {first}") from exc
+
+
+def load_state_partial(module: nn.Module, path: str | os.PathLike[str]) -> tuple[int, int]:
+    """Start ``module`` from the weights of checkpoint ``path``; returns (tensors copied, kept).
+
+    Every tensor of the checkpoint must exist in ``module`` under its name with its shape; the
+    module's tensors the checkpoint lacks keep their initialisation. Growing a trained DiT this way
+    (more blocks appended, each adaLN-Zero so the identity at init) starts from the same function.
+    """
+    weights, _ = checkpoint_files(path)
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"corrupt checkpoint {weights}: {first_line(exc)}") from exc
+    own = module.state_dict()
+    for name, tensor in state.items():
+        if name not in own:
+            raise CheckpointError(f"{weights} does not fit the model: it has no tensor {name!r}")
+        if own[name].shape != tensor.shape:
+            raise CheckpointError(
+                f"{weights} does not fit the model: {name!r} is {tuple(tensor.shape)} there, "
+                f"{tuple(own[name].shape)} here"
+            )
+    module.load_state_dict(state, strict=False)
+    return len(state), len(own) - len(state)
 
 
 # Small self-describing networks (evaluation feature extractors): one .safetensors file whose

@@ -160,6 +160,9 @@ class TrainConfig:
     ema: EMAConfig = field(default_factory=EMAConfig)
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    # Weights a fresh run starts from (a shipped .safetensors or a checkpoint folder; ignored on
+    # resume): tensors copied by name, the model's others keep their init (e.g. appended blocks).
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1 or self.grad_accum < 1:

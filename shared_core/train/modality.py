@@ -21,6 +21,7 @@ from torch import nn
 
 from shared_core.config import apply_overrides, from_dict, from_yaml
 from shared_core.errors import ExtradimError
+from shared_core.pretrained import load_state_partial
 from shared_core.train.checkpoint import latest_checkpoint
 from shared_core.train.distributed import DistInfo
 from shared_core.train.loop import (
@@ -158,11 +159,16 @@ def build_trainer(
     """Seed, build the modality's dataset, model, objective and augmentation, and wrap a ``Trainer``.
 
     With ``resume`` and a checkpoint in ``out_dir``, the model comes from ``build_model_to_resume``
-    (its weights are about to be loaded from that checkpoint).
+    (its weights are about to be loaded from that checkpoint); otherwise ``train.init_from`` names
+    weights it starts from (``load_state_partial``).
     """
     seed_everything(cfg.train.seed)
     resuming = resume and latest_checkpoint(checkpoint_root(out_dir)) is not None
     model = modality.build_model_to_resume(cfg) if resuming else modality.build_model(cfg)
+    if not resuming and cfg.train.init_from:
+        copied, kept = load_state_partial(model, cfg.train.init_from)
+        if (dist_info or DistInfo()).is_main:
+            print(f"[train] init from {cfg.train.init_from}: {copied} tensors copied, {kept} as initialised")
     dataset = modality.build_dataset(cfg)
     objective = modality.build_objective(cfg, model)
     augment = modality.build_augment(cfg)

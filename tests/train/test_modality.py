@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from shared_core.cli import main
 from shared_core.errors import ExtradimError
 from shared_core.train import modality as registry
-from shared_core.train.modality import Modality, available_modalities, get_modality
+from shared_core.train.modality import Modality, available_modalities, build_trainer, get_modality
 from shared_core.train.toy_modality import Toy2D
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,6 +70,7 @@ def test_entry_points_load_and_fail_loudly(monkeypatch: pytest.MonkeyPatch) -> N
         (["toy2d", "train.steps=ten"], "train.steps: expected int, got str 'ten'"),
         (["toy2d", "--config", "missing.yaml"], "config file not found: missing.yaml"),
         (["toy2d", "model.patch_size=3"], "model.patch_size 3 does not divide"),
+        (["toy2d", "train.init_from=missing.safetensors"], "checkpoint file not found: missing.safetensors"),
     ],
 )
 def test_cli_errors_are_one_line(
@@ -99,3 +102,29 @@ def test_cli_train_overrides_anywhere(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(args) == 2
     assert "already holds checkpoints" in capsys.readouterr().err
     assert main([*args, "--resume", "--no-eval"]) == 0
+
+
+def test_cli_train_init_from_starts_a_deeper_model_from_a_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = REPO / "configs/core/toy2d_tiny.yaml"
+    small = tmp_path / "small"
+    assert (
+        main(["train", "toy2d", "--config", str(config), "--out", str(small), "train.steps=2", "--no-eval"])
+        == 0
+    )
+    step = small / "checkpoints" / "step_00000002"
+    toy = get_modality("toy2d")
+    cfg = toy.load_config(config, ["model.depth=3", f"train.init_from={step}"])
+    trainer = build_trainer(toy, cfg, tmp_path / "grown")
+    ema, state = load_file(str(step / "ema.safetensors")), trainer.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in ema.items())  # the run's EMA weights, exactly
+    assert all(torch.equal(trainer.ema.module.state_dict()[k], v) for k, v in ema.items())
+    assert {k for k in state if k not in ema} and all(".2." in k for k in state if k not in ema)
+    # Weights that do not fit: a one-line error before anything is written.
+    capsys.readouterr()
+    bad = ["train", "toy2d", "--config", str(config), "--out", str(tmp_path / "bad"), "model.hidden_size=32"]
+    assert main([*bad, f"train.init_from={step}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("extradim: error:") and err.count("\n") == 1 and "does not fit the model" in err
+    assert not (tmp_path / "bad").exists()
