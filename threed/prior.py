@@ -26,6 +26,7 @@ core) and kept as uint8; item ``i`` is view ``i % views_per_object`` of object `
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ __all__ = [
     "ViewsModelConfig",
     "ViewsSampleConfig",
     "random_light",
+    "upscale_prior",
 ]
 
 
@@ -171,6 +173,31 @@ class ViewPriorModel(nn.Module):
             context = torch.cat([context, self.camera_token(cam)[:, None].to(context.dtype)], 1)
             context_mask = torch.cat([context_mask, context_mask.new_ones(len(x), 1)], 1)
         return self.dit(x, t, context=context, context_mask=context_mask, pooled=torch.cat([pooled, cam], -1))
+
+
+def upscale_prior(model: ViewPriorModel, cfg: ViewsConfig, factor: int) -> tuple[ViewPriorModel, ViewsConfig]:
+    """The prior at ``factor`` times the resolution, with ``factor`` times larger patches (the same
+    token grid, so the same positions and attention), starting as the same function: on an image it
+    predicts the old prediction for the image's ``factor``-box-downsample, upsampled by nearest
+    neighbour. A start for training at the higher resolution (``train.init_from``)."""
+    if factor < 1:
+        raise ValueError(f"factor must be >= 1, got {factor}")
+    new_cfg = dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(cfg.data, size=cfg.data.size * factor),
+        model=dataclasses.replace(cfg.model, patch_size=cfg.model.patch_size * factor),
+    )
+    new = ViewPriorModel(new_cfg)
+    p, c = cfg.model.patch_size, 3
+    # token features are (p_row, p_col, channel)-ordered: fine pixel (i, j) reads coarse (i // f, j // f)
+    fine = torch.arange(p * factor)
+    idx = ((fine[:, None, None] // factor) * p + fine[None, :, None] // factor) * c + torch.arange(c)
+    state = model.state_dict()
+    state["dit.x_embedder.weight"] = state["dit.x_embedder.weight"][:, idx.reshape(-1)] / factor**2
+    state["dit.final_layer.linear.weight"] = state["dit.final_layer.linear.weight"][idx.reshape(-1)]
+    state["dit.final_layer.linear.bias"] = state["dit.final_layer.linear.bias"][idx.reshape(-1)]
+    new.load_state_dict(state)
+    return new, new_cfg
 
 
 def random_light(camera: Camera, rng: np.random.Generator) -> np.ndarray:

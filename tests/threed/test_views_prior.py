@@ -127,6 +127,40 @@ def test_camera_token_reaches_cross_attention(monkeypatch):
     assert not torch.allclose(seen["context"][0, -1], seen["context"][1, -1])
 
 
+def test_upscaled_prior_is_the_old_one_on_the_downsampled_image():
+    from threed.prior import ViewPriorModel, ViewsConfig, ViewsModelConfig, upscale_prior
+
+    torch.manual_seed(0)
+    cfg = ViewsConfig(
+        data=ViewsDataConfig(size=8),
+        model=ViewsModelConfig(hidden_size=16, depth=2, num_heads=2, text_dim=8, camera_dim=4, patch_size=2,
+                               camera_token=True),
+    )  # fmt: skip
+    old = ViewPriorModel(cfg).eval()
+    with torch.no_grad():  # every weight non-zero (adaLN-Zero and the zero head would hide paths)
+        for p in old.parameters():
+            p.normal_(0.0, 0.2)
+    new, new_cfg = upscale_prior(old, cfg, 2)
+    assert (new_cfg.data.size, new_cfg.model.patch_size) == (16, 4) and new_cfg.model.hidden_size == 16
+    cond = {
+        "context": torch.randn(2, 5, 8),
+        "context_mask": torch.ones(2, 5, dtype=torch.bool),
+        "pooled": torch.randn(2, 8),
+        "camera": torch.tensor([[0.0, 10.0], [90.0, 40.0]]),
+    }
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([100.0, 700.0])
+    with torch.no_grad():
+        want = (
+            old(torch.nn.functional.avg_pool2d(x, 2), t, **cond)
+            .repeat_interleave(2, 2)
+            .repeat_interleave(2, 3)
+        )
+        torch.testing.assert_close(new(x, t, **cond), want, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(new(x, t, **cond), new(torch.randn(2, 3, 16, 16), t, **cond))
+    with pytest.raises(ValueError, match="factor"):
+        upscale_prior(old, cfg, 0)
+
+
 @pytest.fixture(scope="module")
 def tiny_prior(tiny_views_checkpoint, text_encoder: TextEncoder) -> ShapeWorldPrior:
     prior = ShapeWorldPrior.load(tiny_views_checkpoint)
