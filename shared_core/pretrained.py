@@ -62,6 +62,14 @@ def checkpoint_files(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     return weights, config
 
 
+def _read_weights(weights: Path) -> dict[str, Any]:
+    """The tensors of a ``.safetensors`` file; a corrupt one is a one-line ``CheckpointError``."""
+    try:
+        return load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"corrupt checkpoint {weights}: {first_line(exc)}") from exc
+
+
 def load_pretrained(
     path: str | os.PathLike[str], config_cls: type[C], build: Callable[[C], M]
 ) -> tuple[M, C, Path]:
@@ -71,10 +79,7 @@ def load_pretrained(
         cfg = from_yaml(config_cls, yaml_path)
     except ConfigError as exc:
         raise CheckpointError(f"bad checkpoint config {yaml_path}: {exc}") from exc
-    try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"corrupt checkpoint {weights}: {first_line(exc)}") from exc
+    state = _read_weights(weights)
     model = build(cfg)
     load_state_strict(model, state, f"checkpoint {weights} does not match its config")
     return model, cfg, weights
@@ -98,10 +103,7 @@ def load_state_partial(module: nn.Module, path: str | os.PathLike[str]) -> tuple
     (more blocks appended, each adaLN-Zero so the identity at init) starts from the same function.
     """
     weights, _ = checkpoint_files(path)
-    try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"corrupt checkpoint {weights}: {first_line(exc)}") from exc
+    state = _read_weights(weights)
     own = module.state_dict()
     for name, tensor in state.items():
         if name not in own:
