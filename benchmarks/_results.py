@@ -38,6 +38,19 @@ def with_sample(cfg: Any, **overrides: Any) -> Any:
     return dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, **given)) if given else cfg
 
 
+def eval_base_clouds(pipe: Any, k: int, shape: str, n: int, settings: dict[str, Any]) -> torch.Tensor:
+    """``(n, N, 6)``: the base's clouds for the ``n`` canonical eval prompts of ``shape`` (the ``k``-th
+    class, ids ``k n .. k n + n - 1``, seed 0): the clouds ``extradim eval points --seed 0`` draws
+    for it at ``per_class = n``, before upsampling. ``pipe`` is a ``threed.pipeline.PointsPipeline``."""
+    from threed.evaluate import eval_prompts
+
+    prompts = [p for _, p in eval_prompts(shape, n)]
+    emb = pipe.text.encode(prompts, pad_to=pipe.base_cfg.data.max_text_length)
+    cond = {"context": emb.tokens, "context_mask": emb.mask, "pooled": emb.pooled}
+    with torch.no_grad():
+        return pipe._base(cond, list(range(k * n, (k + 1) * n)), 0, settings, None)
+
+
 def save_result(out: Path | None, result: dict[str, Any]) -> None:
     """Write ``result`` to ``out`` (parents created, atomically) when ``out`` is given."""
     if out:

@@ -18,9 +18,8 @@ from __future__ import annotations
 import time
 
 import torch
-from _results import finish, parse_probe_args, probe_parser
+from _results import eval_base_clouds, finish, parse_probe_args, probe_parser
 
-from threed.evaluate import eval_prompts
 from threed.pipeline import PointsPipeline
 from threed.world import SHAPES, ShapeWorld
 
@@ -50,18 +49,17 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="base steps (default: the checkpoint's)")
     ap.add_argument("--sampler", default=None, help="base sampler (default: the checkpoint's)")
     args = parse_probe_args(ap)
+    classes = args.classes.split(",")
+    if unknown := sorted(set(classes) - set(SHAPES)):
+        ap.error(f"unknown shapes {', '.join(unknown)}; valid: {', '.join(SHAPES)}")
     pipe = PointsPipeline.load(args.base, None)
     st = pipe.settings(steps=args.steps, sampler=args.sampler)
     n, t = args.per_class, time.perf_counter()
     rows: dict[str, dict[str, dict[str, float]]] = {}
     for k, shape in enumerate(SHAPES):
-        if shape not in args.classes.split(","):
+        if shape not in classes:
             continue
-        prompts = [p for _, p in eval_prompts(shape, n)]
-        emb = pipe.text.encode(prompts, pad_to=pipe.base_cfg.data.max_text_length)
-        cond = {"context": emb.tokens, "context_mask": emb.mask, "pooled": emb.pooled}
-        with torch.no_grad():
-            gen = pipe._base(cond, list(range(k * n, (k + 1) * n)), 0, st, None)[..., :3]
+        gen = eval_base_clouds(pipe, k, shape, n, st)[..., :3]
         real = ShapeWorld(COARSE, seed=4242, classes=[shape]).sample(n, 0).points[..., :3]
         sg, sr = cloud_stats(gen), cloud_stats(real)
         rows[shape] = {

@@ -27,9 +27,8 @@ import time
 import numpy as np
 import torch
 import trimesh
-from _results import finish, parse_probe_args, probe_parser
+from _results import eval_base_clouds, finish, parse_probe_args, probe_parser
 
-from threed.evaluate import eval_prompts
 from threed.mesh import points_to_mesh
 from threed.metrics import one_nn_accuracy, pairwise_chamfer
 from threed.pipeline import PROJECTIONS, PointsPipeline, upsample
@@ -60,10 +59,7 @@ def main() -> None:
         ids = list(range(k * n, (k + 1) * n))
         with torch.no_grad():
             if args.coarse == "generated":
-                prompts = [p for _, p in eval_prompts(shape, n)]
-                emb = pipe.text.encode(prompts, pad_to=pipe.base_cfg.data.max_text_length)
-                cond = {"context": emb.tokens, "context_mask": emb.mask, "pooled": emb.pooled}
-                coarse = pipe._base(cond, ids, 0, st, None)
+                coarse = eval_base_clouds(pipe, k, shape, n, st)
             else:
                 coarse = ShapeWorld(COARSE, seed=777, classes=[shape]).sample(n, 0).points
             fine = upsample(pipe.upsampler, raw_cfg, coarse, TOTAL - COARSE, ids, seed=0)

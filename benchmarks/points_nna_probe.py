@@ -24,9 +24,8 @@ import dataclasses
 import time
 
 import torch
-from _results import finish, parse_probe_args, probe_parser, with_sample
+from _results import eval_base_clouds, finish, parse_probe_args, probe_parser, with_sample
 
-from threed.evaluate import eval_prompts
 from threed.metrics import one_nn_accuracy, pairwise_chamfer
 from threed.pipeline import PROJECTIONS, PointsPipeline, upsample
 from threed.world import SHAPES, ShapeWorld
@@ -78,12 +77,9 @@ def main() -> None:
     t = time.perf_counter()
     rows: dict[str, dict[str, float]] = {}
     for k, shape in enumerate(SHAPES):
-        prompts = [p for _, p in eval_prompts(shape, n)]
         ids = list(range(k * n, (k + 1) * n))
-        emb = pipe.text.encode(prompts, pad_to=pipe.base_cfg.data.max_text_length)
-        cond = {"context": emb.tokens, "context_mask": emb.mask, "pooled": emb.pooled}
+        coarse = eval_base_clouds(pipe, k, shape, n, st)
         with torch.no_grad():
-            coarse = pipe._base(cond, ids, 0, st, None)
             fine = upsample(pipe.upsampler, raw_cfg, coarse, TOTAL - COARSE, ids, seed=0)
         ref = ShapeWorld(TOTAL, seed=4242, classes=[shape]).sample(n, 0).points[..., :3]
         d_rr = pairwise_chamfer(ref)
