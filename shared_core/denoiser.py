@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from shared_core.diffusion import PREDICTIONS, append_dims, convert_prediction
 from shared_core.schedules import Schedule
 
-__all__ = ["Denoiser", "NetworkDenoiser", "as_sigma_batch"]
+__all__ = ["Denoiser", "NetworkDenoiser", "SelfConditioning", "as_sigma_batch"]
 
 
 class Denoiser(Protocol):
@@ -99,4 +99,31 @@ class NetworkDenoiser(nn.Module):
             x0 = x0.clamp(-self.clip_x0, self.clip_x0)
         if self.return_variance:
             return x0, v  # type: ignore[return-value]
+        return x0
+
+
+class SelfConditioning(nn.Module):
+    """A denoiser whose network takes its own previous x0 estimate as ``self_cond=`` (Chen et al.
+    2022; trained with ``diffusion_loss(..., self_cond_mask=)``).
+
+    Each call passes the estimate of the previous call (zeros on the first call, or when the batch
+    shape changes, e.g. under a batched classifier-free guidance pass each half keeps its own) and
+    remembers the new one. It holds state across a sampler's calls, so make one per sampling run
+    (or call ``reset``); samplers stay pure functions of (denoiser, x, sigmas).
+    """
+
+    def __init__(self, denoiser: Denoiser) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+        self.previous: Tensor | None = None
+
+    def reset(self) -> None:
+        self.previous = None
+
+    def forward(self, x: Tensor, sigma: Tensor | float, **cond: Any) -> Tensor:
+        prev = self.previous
+        if prev is None or prev.shape != x.shape:
+            prev = torch.zeros_like(x)
+        x0 = self.denoiser(x, as_sigma_batch(sigma, x), **cond, self_cond=prev)
+        self.previous = x0.detach()
         return x0

@@ -282,6 +282,7 @@ def diffusion_loss(
     t: Tensor | None = None,
     noise: Tensor | None = None,
     generator: torch.Generator | None = None,
+    self_cond_mask: Tensor | None = None,
     **cond: Any,
 ) -> LossOutput:
     """The simple denoising objective E ||net(x_t, t) - target||^2 with a weighting (Ho et al. 2020).
@@ -290,6 +291,11 @@ def diffusion_loss(
         net: called as net(x_t, t * schedule.time_scale, **cond), returns the ``prediction``.
         x0: clean data (B, ...), any rank.
         t: timesteps (B,) to use instead of drawing them from ``t_sampler`` (default uniform).
+        self_cond_mask: (B,) bool, for a network that also takes ``self_cond=`` (an x0 estimate in
+            data coordinates, shape of x0). Self-conditioning (Chen et al. 2022, "Analog Bits"): a
+            first pass without gradient, given zeros, estimates x0; the samples marked True then see
+            that estimate (detached), the others zeros. At sampling, ``SelfConditioning`` feeds the
+            previous step's estimate. None: the network takes no ``self_cond``.
     """
     if not torch.isfinite(x0).all():
         raise ValueError("x0 contains NaN or Inf")
@@ -301,7 +307,18 @@ def diffusion_loss(
     noise = randn_like(x0, generator) if noise is None else noise
     alpha, sigma = schedule.alpha_sigma(t)
     x_t = q_sample(x0, alpha, sigma, noise)
-    out = net(x_t, (t * schedule.time_scale).to(device=x0.device, dtype=x0.dtype), **cond)
+    t_in = (t * schedule.time_scale).to(device=x0.device, dtype=x0.dtype)
+    if self_cond_mask is not None:
+        if self_cond_mask.shape != (batch,):
+            raise ValueError(f"self_cond_mask must have shape ({batch},), got {tuple(self_cond_mask.shape)}")
+        estimate = torch.zeros_like(x0)
+        if self_cond_mask.any():
+            with torch.no_grad():
+                first = net(x_t, t_in, **cond, self_cond=estimate)
+                estimate = convert_prediction(first, x_t, alpha, sigma, prediction, "x0")
+            estimate = torch.where(append_dims(self_cond_mask.to(x0.device), x0.ndim), estimate, 0.0)
+        cond = {**cond, "self_cond": estimate.detach()}
+    out = net(x_t, t_in, **cond)
     if out.shape != x0.shape:
         raise ValueError(f"network output shape {tuple(out.shape)} does not match x0 {tuple(x0.shape)}")
     target = convert_prediction(noise, x_t, alpha, sigma, "eps", prediction)

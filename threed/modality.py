@@ -19,6 +19,7 @@ Captions come from an embedding bank of every caption the world can produce (604
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ __all__ = [
     "PointsModel",
     "PointsModelConfig",
     "PointsSampleConfig",
+    "add_self_conditioning",
     "all_captions",
     "rotate_z",
     "text_null_condition",
@@ -201,9 +203,12 @@ class PointsModel(nn.Module):
                 nn.Linear(features, m.hidden_size), nn.SiLU(), nn.Linear(m.hidden_size, m.hidden_size)
             )
         )
+        # diffusion.self_condition > 0: each token also carries the model's own previous x0 estimate
+        # of its point (6 channels, last; zeros when there is none), ``forward(..., self_cond=)``.
+        self.self_condition = cfg.diffusion.self_condition > 0
         self.dit = DiT(
             DiTConfig(
-                in_channels=features + (local_dim if self.local_k else 0),
+                in_channels=features + (local_dim if self.local_k else 0) + (6 if self.self_condition else 0),
                 target_channels=6,
                 patch_size=None,
                 hidden_size=m.hidden_size,
@@ -223,18 +228,26 @@ class PointsModel(nn.Module):
         context_mask: Tensor | None = None,
         pooled: Tensor | None = None,
         coarse: Tensor | None = None,
+        self_cond: Tensor | None = None,
     ) -> Tensor:
         if self.coarse_embed is None:  # base
-            tokens = self._with_fourier(x)
-            if self.local_mlp is not None:
-                tokens = torch.cat([tokens, self._local_features(x, x)], dim=-1)
+            tokens = self._tokens(x, x, self_cond)
             return self.dit(tokens, t, context=context, context_mask=context_mask, pooled=pooled)
         if coarse is None:
             raise ValueError("the upsampler needs the coarse cloud (coarse=)")
-        tokens = self._with_fourier(x)
-        if self.local_mlp is not None:
-            tokens = torch.cat([tokens, self._local_features(x, coarse)], dim=-1)
+        tokens = self._tokens(x, coarse, self_cond)
         return self.dit(tokens, t, context=self.coarse_embed(self._with_fourier(coarse)))
+
+    def _tokens(self, x: Tensor, neighbours: Tensor, self_cond: Tensor | None) -> Tensor:
+        """The DiT's input tokens: points, their Fourier features, local features, x0 estimate."""
+        parts = [self._with_fourier(x)]
+        if self.local_mlp is not None:
+            parts.append(self._local_features(x, neighbours))
+        if self.self_condition:
+            parts.append(torch.zeros_like(x) if self_cond is None else self_cond.to(x.dtype))
+        elif self_cond is not None:
+            raise ValueError("this model was not trained with self-conditioning (self_cond=)")
+        return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
 
     def _with_fourier(self, points: Tensor) -> Tensor:
         """``points`` with the Fourier features of their xyz appended (unchanged when F = 0)."""
@@ -248,6 +261,26 @@ class PointsModel(nn.Module):
         nb = nearest_points(x, coarse, self.local_k)  # (B, N, k, 6)
         rel = torch.cat([nb[..., :3] - x[..., None, :3], nb[..., 3:]], dim=-1)
         return self.local_mlp(rel).amax(dim=2)
+
+
+def add_self_conditioning(
+    model: PointsModel, cfg: PointsConfig, probability: float = 0.5
+) -> tuple[PointsModel, PointsConfig]:
+    """A copy of a points stage trained without self-conditioning that takes ``self_cond=`` and
+    starts as the same function: the six new input columns of the token embedding are zero (as
+    ControlNet and inpainting models widen a pretrained input). A start for ``train.init_from``
+    with ``diffusion.self_condition=probability``."""
+    if model.self_condition:
+        raise ValueError("the model already takes self-conditioning")
+    new_cfg = dataclasses.replace(
+        cfg, diffusion=dataclasses.replace(cfg.diffusion, self_condition=probability)
+    )
+    new = PointsModel(new_cfg)
+    state = model.state_dict()
+    w = state["dit.x_embedder.weight"]
+    state["dit.x_embedder.weight"] = torch.cat([w, w.new_zeros(w.shape[0], 6)], dim=1)
+    new.load_state_dict(state)
+    return new, new_cfg
 
 
 def text_null_condition(batch: int, length: int, dim: int) -> dict[str, Tensor]:
@@ -328,12 +361,17 @@ class PointsModality(Modality):
 
     def build_objective(self, cfg: PointsConfig, model: nn.Module) -> Objective:
         if cfg.model.stage == "upsampler":
-            return DiffusionObjective.from_config(cfg.diffusion, cond_keys=("coarse",))
+            return DiffusionObjective.from_config(
+                cfg.diffusion, cond_keys=("coarse",), self_conditioning=True
+            )
         null = {
             k: v[0] for k, v in text_null_condition(1, cfg.data.max_text_length, cfg.model.text_dim).items()
         }
         return DiffusionObjective.from_config(
-            cfg.diffusion, cond_keys=("context", "context_mask", "pooled"), null_cond=null
+            cfg.diffusion,
+            cond_keys=("context", "context_mask", "pooled"),
+            null_cond=null,
+            self_conditioning=True,
         )
 
     def evaluate(

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from shared_core.denoiser import NetworkDenoiser
+from shared_core.denoiser import NetworkDenoiser, SelfConditioning
 from shared_core.errors import ExtradimError
 from shared_core.guidance import AutoGuidanceDenoiser, CFGDenoiser
 from shared_core.io import file_sha256
@@ -154,6 +154,13 @@ def _coarse_starts(coarse: Tensor, k: int, m: int, ids: Sequence[int], seed: int
 
 
 @torch.no_grad()
+def points_denoiser(model: PointsModel, schedule: Schedule, prediction: str) -> Any:
+    """A fresh denoiser (the contract of ``shared_core.denoiser``) of a points stage; a model trained
+    with self-conditioning is wrapped in ``SelfConditioning``, which holds state: one per sampling run."""
+    den = NetworkDenoiser(model, schedule, prediction)
+    return SelfConditioning(den) if model.self_condition else den
+
+
 def upsample(
     model: PointsModel,
     cfg: PointsConfig,
@@ -173,7 +180,7 @@ def upsample(
     """
     schedule = build_schedule(cfg.diffusion)
     sigmas = _sigmas(schedule, cfg.sample.steps, cfg.sample.spacing, cfg.sample.sigma_max)
-    den = NetworkDenoiser(model, schedule, cfg.diffusion.prediction)
+    den = points_denoiser(model, schedule, cfg.diffusion.prediction)
     # The extra points come in chunks of the trained set size m, each conditioned on the same
     # coarse cloud and denoised as its own batch row: given the shape (which the coarse cloud
     # carries) surface samples are independent, so chunks need not see each other, and
@@ -335,9 +342,9 @@ class PointsPipeline:
         schedule = build_schedule(cfg.diffusion)
         sigmas = _sigmas(schedule, st["steps"], st["spacing"], st["sigma_max"])
         L, D = cond["context"].shape[1:]
-        den: Any = NetworkDenoiser(self.base, schedule, cfg.diffusion.prediction)
+        den: Any = points_denoiser(self.base, schedule, cfg.diffusion.prediction)
         if self.guide is not None and self.autoguidance != 1.0:
-            bad = NetworkDenoiser(self.guide, schedule, cfg.diffusion.prediction)
+            bad = points_denoiser(self.guide, schedule, cfg.diffusion.prediction)
             den = AutoGuidanceDenoiser(den, bad, self.autoguidance)
         guided = CFGDenoiser.from_scale(
             den, st["guidance"], lambda b: text_null_condition(b, L, D), rescale=st["guidance_rescale"]

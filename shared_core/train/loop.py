@@ -203,10 +203,16 @@ class DiffusionConfig:
     # (EDM's -1.2 / 1.2 by default; a refiner trained for low noise levels only wants a lower mean).
     timesteps_args: dict[str, float | int] = field(default_factory=dict)
     cond_drop_prob: float = 0.1  # replace the condition by the null one (CFG training, Ho & Salimans)
+    # p > 0: self-conditioning (Chen et al. 2022): the network also takes ``self_cond=``, an x0
+    # estimate; in training a share p of samples sees the estimate of a first pass without gradient,
+    # the rest zeros (the paper's p = 0.5). Only for modalities whose model takes it (points).
+    self_condition: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.cond_drop_prob <= 1.0:
             raise ValueError(f"cond_drop_prob must be in [0, 1], got {self.cond_drop_prob}")
+        if not 0.0 <= self.self_condition <= 1.0:
+            raise ValueError(f"self_condition must be in [0, 1], got {self.self_condition}")
         _check_timesteps(self.timesteps, self.timesteps_args)
 
 
@@ -317,6 +323,9 @@ class DiffusionObjective:
         null_cond: per-sample null value of each condition that dropout may replace (e.g. the
             null class index as a 0-d tensor); conditions not listed are never dropped.
         cond_drop_prob: dropout probability.
+        self_condition: probability that a sample sees its own first-pass x0 estimate
+            (``diffusion_loss``'s ``self_cond_mask``, drawn per sample after the noise); 0 = the
+            network takes no ``self_cond``.
     """
 
     def __init__(
@@ -332,6 +341,7 @@ class DiffusionObjective:
         cond_keys: Sequence[str] = (),
         null_cond: Mapping[str, Tensor] | None = None,
         cond_drop_prob: float = 0.0,
+        self_condition: float = 0.0,
     ) -> None:
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; valid: {', '.join(PREDICTIONS)}")
@@ -352,6 +362,9 @@ class DiffusionObjective:
         if unknown:
             raise ValueError(f"null_cond keys {sorted(unknown)} are not condition keys {self.cond_keys}")
         self.cond_drop_prob = cond_drop_prob if self.null_cond else 0.0
+        if not 0.0 <= self_condition <= 1.0:
+            raise ValueError(f"self_condition must be in [0, 1], got {self_condition}")
+        self.self_condition = self_condition
 
     @classmethod
     def from_config(
@@ -361,7 +374,15 @@ class DiffusionObjective:
         input_key: str = "x",
         cond_keys: Sequence[str] = (),
         null_cond: Mapping[str, Tensor] | None = None,
+        self_conditioning: bool = False,
     ) -> DiffusionObjective:
+        """``self_conditioning``: whether the modality's network takes ``self_cond=``; without it a
+        config asking for ``diffusion.self_condition > 0`` is a ``ConfigError``."""
+        if cfg.self_condition > 0 and not self_conditioning:
+            raise ConfigError(
+                f"diffusion.self_condition={cfg.self_condition}: this model does not take a "
+                "self-conditioning input (set it to 0)"
+            )
         return cls(
             build_schedule(cfg),
             prediction=cfg.prediction,
@@ -373,6 +394,7 @@ class DiffusionObjective:
             cond_keys=cond_keys,
             null_cond=null_cond,
             cond_drop_prob=cfg.cond_drop_prob,
+            self_condition=cfg.self_condition,
         )
 
     def __call__(
@@ -393,6 +415,10 @@ class DiffusionObjective:
         t = torch.cat([d[0] for d in draws])  # (B,) float64
         w = torch.cat([d[1] for d in draws])  # (B,) importance weights
         noise = torch.stack([randn(tuple(x0.shape[1:]), g) for g in generators]).to(x0.device, x0.dtype)
+        self_cond_mask = None
+        if self.self_condition > 0:
+            u = torch.stack([rand((), g, dtype=torch.float64) for g in generators])
+            self_cond_mask = (u < self.self_condition).to(x0.device)
         out = diffusion_loss(
             net,
             x0,
@@ -402,6 +428,7 @@ class DiffusionObjective:
             min_snr_gamma=self.min_snr_gamma,
             t=t,
             noise=noise,
+            self_cond_mask=self_cond_mask,
             **cond,
         )
         return LossOutput(out.loss * w.to(out.loss), out.mse, t)

@@ -218,3 +218,69 @@ def test_diffusion_loss_zero_for_oracle(prediction: str) -> None:
         diffusion_loss(lambda x, t: x[:, :1], x0, sched)
     with pytest.raises(ValueError, match="x0 contains NaN"):
         diffusion_loss(oracle, torch.full_like(x0, float("nan")), sched)
+
+
+def test_self_conditioning_feeds_the_first_pass_estimate_to_marked_samples() -> None:
+    """``self_cond_mask``: a first pass without gradient (given zeros) estimates x0; the marked
+    samples see that estimate converted from the prediction, the others zeros; the gradient flows
+    through the second pass only."""
+    sched = DiscreteSchedule.from_name("cosine")
+    x0 = randn((3, 5, 2), make_generator(0))
+    noise = randn(x0.shape, make_generator(1))
+    t = torch.tensor([100.0, 400.0, 900.0], dtype=torch.float64)
+    a, s = sched.alpha_sigma(t)
+    weight = torch.tensor(0.5, requires_grad=True)
+    seen: list[torch.Tensor] = []
+
+    def net(x_t, t_in, self_cond):
+        seen.append(self_cond.clone())
+        return weight * x_t + self_cond  # a v prediction that depends on both inputs
+
+    mask = torch.tensor([True, False, True])
+    out = diffusion_loss(net, x0, sched, prediction="v", t=t, noise=noise, self_cond_mask=mask)
+    assert len(seen) == 2 and not seen[0].any()  # the first pass is given zeros
+    x_t = q_sample(x0, a, s, noise)
+    estimate = convert_prediction(0.5 * x_t, x_t, a, s, "v", "x0")
+    torch.testing.assert_close(seen[1][mask], estimate[mask].float())
+    assert not seen[1][~mask].any()
+    out.loss.mean().backward()
+    assert weight.grad is not None and weight.grad != 0
+    # without a mask the network is called once, without self_cond
+    diffusion_loss(lambda x, t_in: x, x0, sched, t=t, noise=noise)
+    with pytest.raises(ValueError, match="self_cond_mask"):
+        diffusion_loss(net, x0, sched, t=t, noise=noise, self_cond_mask=torch.ones(2, dtype=torch.bool))
+
+
+def test_self_conditioning_denoiser_passes_the_previous_estimate() -> None:
+    from shared_core.denoiser import SelfConditioning
+
+    calls: list[torch.Tensor] = []
+
+    def den(x, sigma, self_cond):
+        calls.append(self_cond.clone())
+        return x * 0.5 + self_cond
+
+    sc = SelfConditioning(den)
+    x = torch.ones(2, 3)
+    first = sc(x, 1.0)
+    second = sc(x, 0.5)
+    assert not calls[0].any() and torch.equal(calls[1], first)
+    torch.testing.assert_close(second, 0.5 * x + first)
+    sc(torch.ones(4, 3), 0.5)  # another batch shape (e.g. a CFG pass) starts from zeros
+    assert not calls[2].any()
+    sc.reset()
+    sc(x, 1.0)
+    assert not calls[3].any()
+
+
+def test_self_condition_config_needs_a_model_that_takes_it() -> None:
+    from shared_core.config import from_dict
+    from shared_core.errors import ConfigError
+    from shared_core.train.loop import DiffusionConfig, DiffusionObjective
+
+    cfg = from_dict(DiffusionConfig, {"self_condition": 0.5})
+    with pytest.raises(ConfigError, match="self_condition"):
+        DiffusionObjective.from_config(cfg)
+    assert DiffusionObjective.from_config(cfg, self_conditioning=True).self_condition == 0.5
+    with pytest.raises(ValueError, match="self_condition"):
+        from_dict(DiffusionConfig, {"self_condition": 1.5})

@@ -71,6 +71,7 @@ def test_entry_points_load_and_fail_loudly(monkeypatch: pytest.MonkeyPatch) -> N
         (["toy2d", "--config", "missing.yaml"], "config file not found: missing.yaml"),
         (["toy2d", "model.patch_size=3"], "model.patch_size 3 does not divide"),
         (["toy2d", "train.init_from=missing.safetensors"], "checkpoint file not found: missing.safetensors"),
+        (["toy2d", "diffusion.self_condition=0.5"], "does not take a self-conditioning input"),
     ],
 )
 def test_cli_errors_are_one_line(
