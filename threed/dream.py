@@ -21,6 +21,7 @@ Anything with the ``ImagePrior`` interface can be the prior: the shipped shape-w
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -49,6 +50,8 @@ __all__ = [
     "density_volume",
     "dream",
     "extract_mesh",
+    "field_from_cloud",
+    "points_init_cloud",
     "render_view",
     "surface_threshold",
 ]
@@ -101,6 +104,12 @@ class DreamConfig:
     lambda_orient: float = 1e-2
     lambda_tv: float = 1e-2
     occupancy_every: int = 16
+    # Where the field starts. "blob": DreamFusion's density blob at the centre; "points": the
+    # shape the shipped text-to-points pipeline draws for (prompt, seed), in the prior's frame
+    # (a 3-D prior's output as the start, as GaussianDreamer / Points-to-3D / threestudio's
+    # ``shape_init``): a shell around its points gets density, their colours the albedo
+    # (``field_from_cloud``); SDS refines from there.
+    init: str = "blob"
     nerf: NeRFConfig = field(default_factory=NeRFConfig)
 
     def __post_init__(self) -> None:
@@ -128,6 +137,8 @@ class DreamConfig:
                 raise ValueError(f"{name} must satisfy 0 <= lo < hi <= 1, got {(lo, hi)}")
         if not -90 <= self.elevation[0] <= self.elevation[1] <= 90:
             raise ValueError(f"elevation must be a range within [-90, 90], got {self.elevation}")
+        if self.init not in ("blob", "points"):
+            raise ValueError(f"unknown init {self.init!r}; valid: blob, points")
         if self.weighting not in ("vp_variance", "uniform", "snr_inverse"):
             raise ValueError(
                 f"unknown weighting {self.weighting!r}; valid: vp_variance, uniform, snr_inverse"
@@ -177,6 +188,40 @@ def _tv(grid: Tensor) -> Tensor:
             + (g[:, :, 1:] - g[:, :, :-1]).pow(2).mean())  # fmt: skip
 
 
+def field_from_cloud(cloud: Tensor, cfg: NeRFConfig, density: float = 14.0, shell: float = 0.06) -> GridField:
+    """A field whose density is ``density`` (pre-activation, above ``density_shift``) within
+    ``shell`` of a point of ``cloud (N, 6)`` and 0 elsewhere (a thick shell along the sampled
+    surface: thin parts such as table legs keep their points, where a reconstructed solid may fill
+    the gaps between them); albedo the colour of the nearest point. The field keeps ``cfg`` (so it
+    saves and loads as any other); its grid cancels the blob at the grid's vertices instead."""
+    r, b = cfg.grid_size, cfg.bound
+    axis = torch.linspace(-b, b, r)  # grid vertices (align_corners=True)
+    zz, yy, xx = torch.meshgrid(axis, axis, axis, indexing="ij")  # the grid's (D, H, W) = (z, y, x)
+    xyz = torch.stack([xx, yy, zz], dim=-1).reshape(-1, 3)
+    found = [torch.cdist(p, cloud[:, :3].float()).min(dim=1) for p in xyz.split(65536)]
+    dist, nearest = torch.cat([f.values for f in found]), torch.cat([f.indices for f in found])
+    near = (dist < shell).float().reshape(1, 1, r, r, r)
+    albedo = ((cloud[nearest, 3:].float() + 1) / 2).clamp(0.02, 0.98)  # rgb in [-1, 1] -> [0, 1]
+    field = GridField(cfg)
+    with torch.no_grad():
+        field.density_grid.copy_(density * near - field.blob(xyz).reshape(1, 1, r, r, r))
+        field.albedo_grid.copy_(torch.logit(albedo).t().reshape(1, 3, r, r, r))
+    return field
+
+
+@functools.lru_cache(maxsize=1)
+def _points_pipeline() -> Any:
+    from threed.pipeline import PointsPipeline
+
+    return PointsPipeline.load()
+
+
+def points_init_cloud(prompt: str, seed: int) -> Tensor:
+    """``(2048, 6)``: the shipped text-to-points pipeline's cloud for (prompt, seed) in the item's
+    own azimuth frame, which is the prior's (its cameras' azimuth is relative to the object's yaw)."""
+    return _points_pipeline().generate([prompt], seed=seed, canonical=True)[0]
+
+
 def dream(
     prior: ImagePrior,
     prompt: str,
@@ -186,13 +231,20 @@ def dream(
     progress: bool = True,
     on_preview: Callable[[int, GridField, Background], None] | None = None,
     preview_every: int = 50,
+    init_cloud: Tensor | None = None,
 ) -> DreamResult:
-    """Optimise a NeRF for ``prompt``; noise, cameras, lights and shading come from ``seed`` (CPU)."""
+    """Optimise a NeRF for ``prompt``; noise, cameras, lights and shading come from ``seed`` (CPU).
+
+    With ``cfg.init == "points"`` the field starts from ``init_cloud`` (default: the shipped
+    points pipeline's cloud for (prompt, seed), ``points_init_cloud``), see ``field_from_cloud``."""
     cfg = cfg or DreamConfig()
     with torch.random.fork_rng(devices=[]):  # the background MLP's init, without touching the caller's RNG
         torch.manual_seed(seed)
         nerf = GridField(cfg.nerf)
         bg = Background()
+    if cfg.init == "points":
+        cloud = points_init_cloud(prompt, seed) if init_cloud is None else init_cloud
+        nerf = field_from_cloud(cloud, cfg.nerf)
     occ = OccupancyGrid(cfg.nerf)
     opt = torch.optim.Adam(
         [{"params": nerf.parameters(), "lr": cfg.lr}, {"params": bg.parameters(), "lr": cfg.background_lr}],

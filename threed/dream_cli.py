@@ -104,7 +104,8 @@ def run_dream(args: argparse.Namespace) -> int:
     import torch
 
     from shared_core.io import file_sha256, write_json
-    from threed.dream import DreamConfig, dream, extract_mesh
+    from threed.dream import DreamConfig, dream, extract_mesh, points_init_cloud
+    from threed.pipeline import DEFAULT_BASE, DEFAULT_UPSAMPLER
     from threed.world import parse_caption
 
     # 1. Inputs, before any model is loaded.
@@ -126,6 +127,7 @@ def run_dream(args: argparse.Namespace) -> int:
         cfg = DreamConfig(
             steps=args.steps or DreamConfig.steps, max_minutes=args.max_minutes,
             guidance=args.guidance if args.guidance is not None else DreamConfig.guidance,
+            init=args.init or DreamConfig.init,
         )  # fmt: skip
     except ValueError as exc:
         raise ExtradimError(str(exc)) from None
@@ -140,6 +142,9 @@ def run_dream(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
 
+    # The start cloud (--init points) comes from the shipped points models: a bad file fails here too.
+    init_cloud = points_init_cloud(prompt, args.seed) if cfg.init == "points" else None
+
     # 3. Optimise, with a live preview in the partial folder.
     partial = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.resolve().name}.", suffix=".partial"))
     try:
@@ -151,8 +156,9 @@ def run_dream(args: argparse.Namespace) -> int:
 
         with clean_warnings(printed):
             result = dream(
-                prior, prompt, cfg, seed=args.seed, on_preview=preview, preview_every=args.preview_every
-            )
+                prior, prompt, cfg, seed=args.seed, on_preview=preview, preview_every=args.preview_every,
+                init_cloud=init_cloud,
+            )  # fmt: skip
         if result.steps == 0:
             raise ExtradimError(f"--max-minutes {args.max_minutes} ran out before the first step")
 
@@ -205,6 +211,8 @@ def run_dream(args: argparse.Namespace) -> int:
             "prior": prior.name, "prior_path": str(prior_path) if prior_path else None,
             "prior_sha256": file_sha256(prior_path) if prior_path and Path(prior_path).is_file() else None,
             "config": result.summary()["config"], "version": _version(),
+            "init_points_sha256": None if cfg.init != "points" else {
+                "base": file_sha256(DEFAULT_BASE), "upsampler": file_sha256(DEFAULT_UPSAMPLER)},
             "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         })  # fmt: skip
     except BaseException:
@@ -244,6 +252,13 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance", type=float, default=None, help="CFG scale of the prior (default 20)")
+    p.add_argument(
+        "--init",
+        choices=("blob", "points"),
+        default=None,
+        help="start the field from DreamFusion's blob or from the text-to-points model's cloud "
+        "for the same prompt and seed (default: blob)",
+    )
     p.add_argument(
         "--prior",
         default=None,

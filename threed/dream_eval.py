@@ -251,6 +251,7 @@ def run_eval(args: argparse.Namespace) -> int:
         cfg = DreamConfig(
             steps=args.steps or DreamConfig.steps, max_minutes=args.max_minutes,
             guidance=args.guidance if args.guidance is not None else DreamConfig.guidance,
+            init=args.init or DreamConfig.init,
         )  # fmt: skip
     except ValueError as exc:
         raise ExtradimError(str(exc)) from None
@@ -281,6 +282,7 @@ def register(sub: Any) -> None:
     p.add_argument("--steps", type=int, default=None, help="optimisation steps per object (default 600)")
     p.add_argument("--max-minutes", type=float, default=5.0, help="budget per object")
     p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--init", choices=("blob", "points"), default=None, help="where each field starts")
     p.add_argument("--prior", default=None, help="views checkpoint or diffusers folder (default: shipped)")
     p.add_argument("--viewnet", default=None, help="view classifier (default: checkpoints/threed/viewnet)")
     p.set_defaults(func=run_eval)

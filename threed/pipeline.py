@@ -313,8 +313,13 @@ class PointsPipeline:
         batch_size: int = 32,
         callback: Callable[[int], None] | None = None,
         first_index: int = 0,
+        canonical: bool = False,
     ) -> Tensor:
-        """Clouds ``(len(prompts), num_points, 6)``. ``callback(n)`` after each step of n clouds."""
+        """Clouds ``(len(prompts), num_points, 6)``. ``callback(n)`` after each step of n clouds.
+
+        ``canonical``: a base trained in each item's own azimuth frame (``data.canonical_yaw``)
+        leaves its clouds in that frame (yaw 0: a table's long side along X) instead of turning
+        them by a random yaw; others ignore it."""
         st = self.settings(steps, guidance, sampler, guidance_rescale)
         self.check_num_points(num_points)
         L = self.base_cfg.data.max_text_length
@@ -328,7 +333,7 @@ class PointsPipeline:
                 "context_mask": emb.mask[idx.start : idx.stop],
                 "pooled": emb.pooled[idx.start : idx.stop],
             }
-            coarse = self._base(cond, ids, seed, st, callback)
+            coarse = self._base(cond, ids, seed, st, callback, turn=not canonical)
             if num_points > self.coarse_points:
                 fine = self._upsample(coarse, num_points - self.coarse_points, ids, seed, callback)
                 coarse = torch.cat([coarse, fine], dim=1)
@@ -336,7 +341,13 @@ class PointsPipeline:
         return torch.cat(out).clamp(-1.5, 1.5)
 
     def _base(
-        self, cond: dict[str, Tensor], ids: list[int], seed: int, st: dict[str, Any], callback: Any
+        self,
+        cond: dict[str, Tensor],
+        ids: list[int],
+        seed: int,
+        st: dict[str, Any],
+        callback: Any,
+        turn: bool = True,
     ) -> Tensor:
         cfg = self.base_cfg
         schedule = build_schedule(cfg.diffusion)
@@ -355,7 +366,7 @@ class PointsPipeline:
         cb = (lambda _info: callback(len(ids))) if callback else None
         g = [make_generator(derive_seed(seed, 1, i)) for i in ids]  # per cloud: batch-independent
         x = get_sampler(st["sampler"])(guided, x, sigmas, extra_args=cond, callback=cb, generator=g)
-        if cfg.data.canonical_yaw:
+        if cfg.data.canonical_yaw and turn:
             x = turn_randomly(x, [make_generator(derive_seed(seed, 4, i)) for i in ids])
         return x
 

@@ -159,6 +159,7 @@ def test_config_checks():
         {"weighting": "x"},
         {"entropy_start": 1.0},
         {"lambda_entropy": -1.0},
+        {"init": "mesh"},
     ):
         with pytest.raises(ValueError):
             DreamConfig(**bad)
@@ -199,3 +200,42 @@ def test_smoothing_joins_a_speckled_field_into_one_body():
     assert raw.metadata["components"] > 10  # unsmoothed: speckle, of which only the largest is kept
     assert smooth.metadata["components"] <= 2 and smooth.is_watertight
     assert abs(np.median(np.linalg.norm(smooth.vertices, axis=1)) - 0.6) < 0.1
+
+
+def _coloured_sphere_cloud(n: int = 2000, radius: float = 0.7) -> torch.Tensor:
+    """(n, 6): points on a sphere, red on the +x half and blue on the other (rgb in [-1, 1])."""
+    xyz = torch.randn(n, 3, generator=torch.Generator().manual_seed(0))
+    xyz = radius * xyz / xyz.norm(dim=1, keepdim=True)
+    red, blue = torch.tensor([0.9, -0.7, -0.7]), torch.tensor([-0.7, -0.7, 0.9])
+    return torch.cat([xyz, torch.where(xyz[:, :1] > 0, red, blue)], dim=1)
+
+
+def test_a_field_started_from_a_cloud_is_a_shell_of_its_points():
+    from threed.dream import field_from_cloud
+
+    cfg = NeRFConfig(grid_size=32)
+    cloud = _coloured_sphere_cloud()
+    field = field_from_cloud(cloud, cfg, shell=0.1)
+    assert field.cfg == cfg  # the blob stays in the config (a saved field loads as any other) ...
+    with torch.no_grad():
+        on = field.density(cloud[:, :3] * 1.02).median()
+        centre = field.density(torch.zeros(1, 3))[0]  # ... and is cancelled by the grid
+        far = field.density(torch.tensor([[1.1, 1.1, 1.1], [0.0, 0.0, -1.1]])).max()
+        assert on > 5 and centre < 0.1 and far < 0.1
+        albedo = field.albedo(torch.tensor([[0.7, 0.0, 0.0], [-0.7, 0.0, 0.0]]))
+    assert albedo[0, 0] > 0.8 and albedo[0, 2] < 0.3 and albedo[1, 2] > 0.8 and albedo[1, 0] < 0.3
+    mesh = extract_mesh(field, resolution=48, smooth=0.0)
+    radius = np.linalg.norm(mesh.vertices, axis=1)
+    assert abs(np.median(radius) - 0.75) < 0.1 and mesh.is_watertight
+
+
+def test_dream_can_start_from_a_cloud(red_ball):
+    """``init="points"``: the field starts as the cloud's shell (here given; by default the shipped
+    points pipeline's cloud for the prompt), so a run of one step already holds the object."""
+    cfg = DreamConfig(steps=1, albedo_steps=10**6, init="points", nerf=dict(grid_size=24, samples_per_ray=32))
+    cloud = _coloured_sphere_cloud()
+    started = dream(OraclePrior(red_ball), "x", cfg, seed=0, progress=False, init_cloud=cloud)
+    blob = dream(OraclePrior(red_ball), "x", DreamConfig(steps=1, nerf=cfg.nerf), seed=0, progress=False)
+    with torch.no_grad():
+        on = cloud[:, :3] * 1.02
+        assert started.field.density(on).median() > 5 > blob.field.density(on).median()

@@ -74,3 +74,28 @@ def test_dream_help_states_the_config_defaults(cli, capsys) -> None:
     text = " ".join(capsys.readouterr().out.split())
     assert f"optimisation steps (default {DreamConfig.steps})" in text
     assert f"CFG scale of the prior (default {DreamConfig.guidance:g})" in text
+    assert f"for the same prompt and seed (default: {DreamConfig.init})" in text
+
+
+def test_dream_can_start_from_the_points_models_cloud(
+    cli, tiny_views_checkpoint: Path, tmp_path: Path
+) -> None:
+    """``--init points``: the field starts from the shipped text-to-points cloud; the manifest names
+    the start and the points checkpoints it came from."""
+    from threed.pipeline import DEFAULT_BASE, DEFAULT_UPSAMPLER
+
+    out = tmp_path / "mug"
+    args = ["dream", "a blue mug", "-o", str(out), "--steps", "2", "--init", "points",
+            "--mesh-resolution", "32", "--turntable-frames", "4", "--turntable-size", "32",
+            "--prior", str(tiny_views_checkpoint)]  # fmt: skip
+    assert cli(args) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["config"]["init"] == "points"
+    assert m["init_points_sha256"] == {
+        "base": file_sha256(DEFAULT_BASE),
+        "upsampler": file_sha256(DEFAULT_UPSAMPLER),
+    }
+    # two steps from the cloud already give the mug, its handle along +x (the prior's own frame),
+    # not the blob's round ball
+    x, y, _ = json.loads((out / "metrics.json").read_text())["mesh"]["extent"]
+    assert x > y + 0.2
