@@ -104,12 +104,13 @@ class DreamConfig:
     lambda_orient: float = 1e-2
     lambda_tv: float = 1e-2
     occupancy_every: int = 16
-    # Where the field starts. "blob": DreamFusion's density blob at the centre; "points": the
+    # Where the field starts. "blob": DreamFusion's density blob at the centre; "points" (default
+    # since session 15: class accuracy 95 vs 80%, README): the
     # shape the shipped text-to-points pipeline draws for (prompt, seed), in the prior's frame
     # (a 3-D prior's output as the start, as GaussianDreamer / Points-to-3D / threestudio's
     # ``shape_init``): a shell around its points gets density, their colours the albedo
     # (``field_from_cloud``); SDS refines from there.
-    init: str = "blob"
+    init: str = "points"
     nerf: NeRFConfig = field(default_factory=NeRFConfig)
 
     def __post_init__(self) -> None:

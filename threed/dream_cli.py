@@ -257,7 +257,7 @@ def register(sub: Any) -> None:
         choices=("blob", "points"),
         default=None,
         help="start the field from DreamFusion's blob or from the text-to-points model's cloud "
-        "for the same prompt and seed (default: blob)",
+        "for the same prompt and seed (default: points)",
     )
     p.add_argument(
         "--prior",

@@ -54,7 +54,10 @@ def red_ball():
 @pytest.fixture(scope="module")
 def result(red_ball):
     cfg = DreamConfig(
-        steps=150, albedo_steps=10**6, nerf=dict(grid_size=24, samples_per_ray=32, occupancy_size=12)
+        steps=150,
+        albedo_steps=10**6,
+        init="blob",
+        nerf=dict(grid_size=24, samples_per_ray=32, occupancy_size=12),
     )
     return dream(OraclePrior(red_ball), "a red ball", cfg, seed=0, progress=False)
 
@@ -72,11 +75,13 @@ def test_dream_with_an_oracle_prior_recovers_the_object(result, red_ball):
 
 
 def test_dream_is_reproducible_and_respects_the_time_budget(red_ball):
-    cfg = DreamConfig(steps=3, albedo_steps=0, nerf=dict(grid_size=12, samples_per_ray=16, occupancy_size=6))
+    cfg = DreamConfig(
+        steps=3, albedo_steps=0, init="blob", nerf=dict(grid_size=12, samples_per_ray=16, occupancy_size=6)
+    )
     a = dream(OraclePrior(red_ball), "x", cfg, seed=3, progress=False)
     b = dream(OraclePrior(red_ball), "x", cfg, seed=3, progress=False)
     assert torch.equal(a.field.density_grid, b.field.density_grid)
-    tiny = DreamConfig(steps=1000, max_minutes=1e-9, nerf=cfg.nerf)
+    tiny = DreamConfig(steps=1000, max_minutes=1e-9, init="blob", nerf=cfg.nerf)
     assert dream(OraclePrior(red_ball), "x", tiny, seed=0, progress=False).steps == 0
 
 
@@ -86,7 +91,7 @@ TINY_NERF = dict(grid_size=12, samples_per_ray=16, occupancy_size=6)
 def _recorded(mesh, seed: int, steps: int, **overrides):
     """A short albedo-only run on a tiny grid: its result and the renders of its last step."""
     prior = RecordingPrior(mesh)
-    cfg = DreamConfig(steps=steps, albedo_steps=10**6, nerf=TINY_NERF, **overrides)
+    cfg = DreamConfig(steps=steps, albedo_steps=10**6, init="blob", nerf=TINY_NERF, **overrides)
     return dream(prior, "x", cfg, seed=seed, progress=False), prior.seen
 
 
@@ -235,7 +240,9 @@ def test_dream_can_start_from_a_cloud(red_ball):
     cfg = DreamConfig(steps=1, albedo_steps=10**6, init="points", nerf=dict(grid_size=24, samples_per_ray=32))
     cloud = _coloured_sphere_cloud()
     started = dream(OraclePrior(red_ball), "x", cfg, seed=0, progress=False, init_cloud=cloud)
-    blob = dream(OraclePrior(red_ball), "x", DreamConfig(steps=1, nerf=cfg.nerf), seed=0, progress=False)
+    blob = dream(
+        OraclePrior(red_ball), "x", DreamConfig(steps=1, init="blob", nerf=cfg.nerf), seed=0, progress=False
+    )
     with torch.no_grad():
         on = cloud[:, :3] * 1.02
         assert started.field.density(on).median() > 5 > blob.field.density(on).median()

@@ -87,7 +87,10 @@ class CaptionOracle:
 
 def test_evaluate_dream_end_to_end(tmp_path):
     cfg = DreamConfig(
-        steps=40, albedo_steps=10**6, nerf={"grid_size": 20, "samples_per_ray": 24, "occupancy_size": 10}
+        steps=40,
+        albedo_steps=10**6,
+        init="blob",
+        nerf={"grid_size": 20, "samples_per_ray": 24, "occupancy_size": 10},
     )
     net = FixedNet([SHAPES.index("sphere")] * 8, list(COLOURS).index("red"))
     out = tmp_path / "not" / "yet"  # created when the results are written

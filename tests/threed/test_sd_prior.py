@@ -81,7 +81,10 @@ def test_sd_prior_drives_the_dream_loop(sd_folder: Path):
     from threed.dream_cli import load_prior
 
     cfg = DreamConfig(
-        steps=2, albedo_steps=0, nerf={"grid_size": 12, "samples_per_ray": 16, "occupancy_size": 6}
+        steps=2,
+        albedo_steps=0,
+        init="blob",
+        nerf={"grid_size": 12, "samples_per_ray": 16, "occupancy_size": 6},
     )
     result = dream(load_prior(str(sd_folder)), "a red torus", cfg, seed=0, progress=False)
     assert result.steps == 2
