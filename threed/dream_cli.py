@@ -21,6 +21,7 @@ one line and exit code 2 before any work.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import os
 import resource
@@ -141,6 +142,10 @@ def run_dream(args: argparse.Namespace) -> int:
             "extradim: warning: prompt is out of the prior's training domain; optimising anyway",
             file=sys.stderr,
         )
+    if args.init is None and cfg.init == "points" and parse_caption(prompt) is None:
+        # the points model knows only the shape world: another object starts from the blob
+        cfg = dataclasses.replace(cfg, init="blob")
+        print("extradim: note: no shape-world shape in the prompt; starting from the blob", file=sys.stderr)
 
     # The start cloud (--init points) comes from the shipped points models: a bad file fails here too.
     init_cloud = points_init_cloud(prompt, args.seed) if cfg.init == "points" else None
@@ -257,7 +262,8 @@ def register(sub: Any) -> None:
         choices=("blob", "points"),
         default=None,
         help="start the field from DreamFusion's blob or from the text-to-points model's cloud "
-        "for the same prompt and seed (default: points)",
+        "for the same prompt and seed (default: points; blob when the prompt names no shape of "
+        "the shape world)",
     )
     p.add_argument(
         "--prior",

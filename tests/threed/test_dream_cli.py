@@ -74,11 +74,11 @@ def test_dream_help_states_the_config_defaults(cli, capsys) -> None:
     text = " ".join(capsys.readouterr().out.split())
     assert f"optimisation steps (default {DreamConfig.steps})" in text
     assert f"CFG scale of the prior (default {DreamConfig.guidance:g})" in text
-    assert f"for the same prompt and seed (default: {DreamConfig.init})" in text
+    assert f"for the same prompt and seed (default: {DreamConfig.init};" in text
 
 
 def test_dream_can_start_from_the_points_models_cloud(
-    cli, tiny_views_checkpoint: Path, tmp_path: Path
+    cli, tiny_views_checkpoint: Path, tmp_path: Path, capsys
 ) -> None:
     """``--init points``: the field starts from the shipped text-to-points cloud; the manifest names
     the start and the points checkpoints it came from."""
@@ -95,6 +95,12 @@ def test_dream_can_start_from_the_points_models_cloud(
         "base": file_sha256(DEFAULT_BASE),
         "upsampler": file_sha256(DEFAULT_UPSAMPLER),
     }
+    # the points model knows only the shape world: another prompt starts from the blob unless asked
+    other = ["dream", "a hamburger", "--steps", "1", "--mesh-resolution", "32", "--turntable-frames", "4",
+             "--turntable-size", "32", "--prior", str(tiny_views_checkpoint)]  # fmt: skip
+    assert cli([*other, "-o", str(tmp_path / "burger")]) == 0
+    assert json.loads((tmp_path / "burger" / "manifest.json").read_text())["config"]["init"] == "blob"
+    assert "starting from the blob" in capsys.readouterr().err
     # two steps from the cloud already give the mug, its handle along +x (the prior's own frame),
     # not the blob's round ball
     x, y, _ = json.loads((out / "metrics.json").read_text())["mesh"]["extent"]
