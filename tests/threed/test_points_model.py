@@ -202,18 +202,36 @@ def test_autoguidance_by_a_weaker_base(
         PointsPipeline.load(b, u, guide=w, autoguidance=-1.0)
 
 
-def test_train_points_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("diffusion", "data", "stage"),
+    [
+        (
+            "{schedule: cosine, prediction: x0, cond_drop_prob: 0.0}",
+            "{num_points: 24, coarse_points: 8}",
+            "upsampler",
+        ),
+        (
+            "{schedule: cosine, prediction: v, self_condition: 0.5}",
+            "{num_points: 16}",
+            "base",
+        ),  # self-conditioned
+    ],
+)
+def test_train_points_end_to_end(
+    diffusion: str, data: str, stage: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from shared_core.cli import main
 
-    cfg = tmp_path / "up.yaml"
+    cfg = tmp_path / "run.yaml"
     cfg.write_text(
         "train: {steps: 2, batch_size: 2, log: {every: 1, progress: false}}\n"
-        "diffusion: {schedule: cosine, prediction: x0, cond_drop_prob: 0.0}\n"
-        "data: {num_points: 24, coarse_points: 8}\n"
-        "model: {stage: upsampler, hidden_size: 32, depth: 1, num_heads: 2}\n"
+        f"diffusion: {diffusion}\ndata: {data}\n"
+        f"model: {{stage: {stage}, hidden_size: 32, depth: 1, num_heads: 2}}\n"
     )
     assert main(["train", "points", "--config", str(cfg), "--out", str(tmp_path / "run")]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 2
+    written = (tmp_path / "run" / "config.yaml").read_text()
+    assert ("self_condition: 0.5" in written) == ("self_condition" in diffusion)
     assert PointsModality().build_model(from_dict(PointsConfig, {})).stage == "base"
 
 
@@ -481,18 +499,3 @@ def test_self_conditioning_widens_a_trained_stage_and_samples(
     assert not torch.allclose(a1, pipeline.generate(prompts, seed=1, num_points=32, batch_size=2), atol=1e-3)
     guided = pipe.generate(prompts, seed=1, num_points=32, guidance=2.0)  # CFG halves keep their own
     assert guided.shape == a1.shape and torch.isfinite(guided).all()
-
-
-def test_train_points_with_self_conditioning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from shared_core.cli import main
-
-    cfg = tmp_path / "base.yaml"
-    cfg.write_text(
-        "train: {steps: 2, batch_size: 2, log: {every: 1, progress: false}}\n"
-        "diffusion: {schedule: cosine, prediction: v, self_condition: 0.5}\n"
-        "data: {num_points: 16}\n"
-        "model: {stage: base, hidden_size: 32, depth: 1, num_heads: 2}\n"
-    )
-    assert main(["train", "points", "--config", str(cfg), "--out", str(tmp_path / "run")]) == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 2
-    assert "self_condition: 0.5" in (tmp_path / "run" / "config.yaml").read_text()
