@@ -199,7 +199,7 @@ def field_from_cloud(cloud: Tensor, cfg: NeRFConfig, density: float = 14.0, shel
     axis = torch.linspace(-b, b, r)  # grid vertices (align_corners=True)
     zz, yy, xx = torch.meshgrid(axis, axis, axis, indexing="ij")  # the grid's (D, H, W) = (z, y, x)
     xyz = torch.stack([xx, yy, zz], dim=-1).reshape(-1, 3)
-    found = [torch.cdist(p, cloud[:, :3].float()).min(dim=1) for p in xyz.split(65536)]
+    found = [torch.cdist(p, cloud[:, :3].float()).min(dim=1) for p in xyz.split(8192)]  # 64 MB a chunk
     dist, nearest = torch.cat([f.values for f in found]), torch.cat([f.indices for f in found])
     near = (dist < shell).float().reshape(1, 1, r, r, r)
     albedo = ((cloud[nearest, 3:].float() + 1) / 2).clamp(0.02, 0.98)  # rgb in [-1, 1] -> [0, 1]
