@@ -241,11 +241,12 @@ def dream(
     cfg = cfg or DreamConfig()
     with torch.random.fork_rng(devices=[]):  # the background MLP's init, without touching the caller's RNG
         torch.manual_seed(seed)
-        nerf = GridField(cfg.nerf)
         bg = Background()
     if cfg.init == "points":
         cloud = points_init_cloud(prompt, seed) if init_cloud is None else init_cloud
         nerf = field_from_cloud(cloud, cfg.nerf)
+    else:
+        nerf = GridField(cfg.nerf)
     occ = OccupancyGrid(cfg.nerf)
     opt = torch.optim.Adam(
         [{"params": nerf.parameters(), "lr": cfg.lr}, {"params": bg.parameters(), "lr": cfg.background_lr}],

@@ -137,12 +137,13 @@ def run_dream(args: argparse.Namespace) -> int:
     printed: set[str] = set()
     with clean_warnings(printed):
         prior = load_prior(args.prior)
-    if parse_caption(prompt) is None and prior.name.startswith("views:"):
+    parsed = parse_caption(prompt)
+    if parsed is None and prior.name.startswith("views:"):
         print(
             "extradim: warning: prompt is out of the prior's training domain; optimising anyway",
             file=sys.stderr,
         )
-    if args.init is None and cfg.init == "points" and parse_caption(prompt) is None:
+    if args.init is None and cfg.init == "points" and parsed is None:
         # the points model knows only the shape world: another object starts from the blob
         cfg = dataclasses.replace(cfg, init="blob")
         print("extradim: note: no shape-world shape in the prompt; starting from the blob", file=sys.stderr)
@@ -209,7 +210,6 @@ def run_dream(args: argparse.Namespace) -> int:
         }
         write_json(partial / "metrics.json", metrics)
         prior_path = getattr(prior, "path", None)
-        parsed = parse_caption(prompt)
         write_json(partial / "manifest.json", {
             "job": "dream", "prompt": prompt, "seed": args.seed,
             "parsed": {"colour": parsed[0], "shape": parsed[1]} if parsed else None,

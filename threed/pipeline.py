@@ -153,7 +153,6 @@ def _coarse_starts(coarse: Tensor, k: int, m: int, ids: Sequence[int], seed: int
     return torch.stack(rows)
 
 
-@torch.no_grad()
 def points_denoiser(model: PointsModel, schedule: Schedule, prediction: str) -> Any:
     """A fresh denoiser (the contract of ``shared_core.denoiser``) of a points stage; a model trained
     with self-conditioning is wrapped in ``SelfConditioning``, which holds state: one per sampling run."""
@@ -161,6 +160,7 @@ def points_denoiser(model: PointsModel, schedule: Schedule, prediction: str) -> 
     return SelfConditioning(den) if model.self_condition else den
 
 
+@torch.no_grad()
 def upsample(
     model: PointsModel,
     cfg: PointsConfig,
