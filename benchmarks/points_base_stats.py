@@ -20,6 +20,7 @@ import time
 import torch
 from _results import eval_base_clouds, finish, parse_probe_args, probe_parser
 
+from threed.cli import add_box_options, box_option
 from threed.pipeline import PointsPipeline
 from threed.world import SHAPES, ShapeWorld
 
@@ -48,11 +49,12 @@ def main() -> None:
     ap.add_argument("--classes", default=",".join(SHAPES), help="comma-separated shapes")
     ap.add_argument("--steps", type=int, default=None, help="base steps (default: the checkpoint's)")
     ap.add_argument("--sampler", default=None, help="base sampler (default: the checkpoint's)")
+    add_box_options(ap)
     args = parse_probe_args(ap)
     classes = args.classes.split(",")
     if unknown := sorted(set(classes) - set(SHAPES)):
         ap.error(f"unknown shapes {', '.join(unknown)}; valid: {', '.join(SHAPES)}")
-    pipe = PointsPipeline.load(args.base, None)
+    pipe = PointsPipeline.load(args.base, None, box=box_option(args))
     st = pipe.settings(steps=args.steps, sampler=args.sampler)
     n, t = args.per_class, time.perf_counter()
     rows: dict[str, dict[str, dict[str, float]]] = {}
@@ -73,7 +75,13 @@ def main() -> None:
         }
         line = "  ".join(f"{key} {v['generated']:.3f}/{v['real']:.3f}" for key, v in rows[shape].items())
         print(f"{shape:9s} {line}  (generated/real)", flush=True)
-    result = {"base": str(pipe.checkpoints[0]), "per_class": n, "settings": st, "classes": rows}
+    result = {
+        "box": str(pipe.box_checkpoint) if pipe.box_checkpoint else None,
+        "base": str(pipe.checkpoints[0]),
+        "per_class": n,
+        "settings": st,
+        "classes": rows,
+    }
     finish(args.out, result, t)
 
 

@@ -26,6 +26,7 @@ import time
 import torch
 from _results import eval_base_clouds, finish, parse_probe_args, probe_parser, with_sample
 
+from threed.cli import add_box_options, box_option
 from threed.metrics import one_nn_accuracy, pairwise_chamfer
 from threed.pipeline import PROJECTIONS, PointsPipeline, upsample
 from threed.world import SHAPES, ShapeWorld
@@ -63,10 +64,13 @@ def main() -> None:
     ap.add_argument("--up-steps", type=int, default=None, help="upsampler steps")
     ap.add_argument("--guide", default=None, help="a weaker base checkpoint for autoguidance")
     ap.add_argument("--autoguidance", type=float, default=1.0, help="autoguidance scale (1: off)")
+    add_box_options(ap)
     args = parse_probe_args(ap)
     fits = args.fits.split(",")
     keys = [*fits, *(f"{f}+renorm" for f in fits)] if args.renormalise else fits
-    pipe = PointsPipeline.load(args.base, args.upsampler, guide=args.guide, autoguidance=args.autoguidance)
+    pipe = PointsPipeline.load(
+        args.base, args.upsampler, guide=args.guide, autoguidance=args.autoguidance, box=box_option(args)
+    )
     assert pipe.up_cfg is not None and pipe.upsampler is not None
     pipe.base_cfg = with_sample(pipe.base_cfg, sigma_max=args.sigma_max)
     raw_cfg = with_sample(
@@ -95,6 +99,7 @@ def main() -> None:
     mean = {f: sum(r[f] for r in rows.values()) / len(SHAPES) for f in keys}
     print("mean      " + "  ".join(f"{f} {v:.3f}" for f, v in mean.items()))
     result = {
+        "box": str(pipe.box_checkpoint) if pipe.box_checkpoint else None,
         "base": str(pipe.checkpoints[0]),
         "upsampler": str(pipe.checkpoints[1]),
         "per_class": n,

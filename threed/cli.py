@@ -23,7 +23,7 @@ import datetime as dt
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from shared_core.errors import ExtradimError, clean_warnings, first_line
 from shared_core.io import check_writable
@@ -32,6 +32,20 @@ from shared_core.text import check_prompt
 __all__ = ["check_outputs", "register", "run_points"]
 
 CLOUD_SUFFIXES = (".ply", ".npy")
+
+
+def add_box_options(parser: argparse.ArgumentParser) -> None:
+    """``--box CKPT`` / ``--no-box`` for a command that loads a ``PointsPipeline``; see ``box_option``."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--box", default=None, help="box-stage checkpoint (default: the shipped one with the shipped base)"
+    )
+    group.add_argument("--no-box", action="store_true", help="no box stage: the base's clouds as drawn")
+
+
+def box_option(args: argparse.Namespace) -> str | Literal[False] | None:
+    """The ``box`` argument of ``PointsPipeline.load`` that ``add_box_options``' flags ask for."""
+    return False if args.no_box else args.box
 
 
 def preview_path(output: Path) -> Path:
@@ -103,7 +117,7 @@ def _run_points(args: argparse.Namespace) -> int:
     # 2. Model and settings: a bad checkpoint, sampler setting or point count fails here, still
     # before anything is written.
     t0 = time.perf_counter()
-    pipe = PointsPipeline.load(args.base, args.upsampler)
+    pipe = PointsPipeline.load(args.base, args.upsampler, box=box_option(args))
     st = pipe.settings(args.steps, args.guidance, args.sampler, args.guidance_rescale)
     pipe.check_num_points(args.num_points)
     timings = {"load_s": time.perf_counter() - t0}
@@ -139,8 +153,16 @@ def _run_points(args: argparse.Namespace) -> int:
         "seed": args.seed,
         **st,
         "num_points": args.num_points,
-        "checkpoints": {"base": str(pipe.checkpoints[0]), "upsampler": str(pipe.checkpoints[1])},
-        "checkpoint_sha256": {"base": pipe.checkpoint_sha256[0], "upsampler": pipe.checkpoint_sha256[1]},
+        "checkpoints": {
+            "box": str(pipe.box_checkpoint) if pipe.box_checkpoint else None,
+            "base": str(pipe.checkpoints[0]),
+            "upsampler": str(pipe.checkpoints[1]),
+        },
+        "checkpoint_sha256": {
+            "box": pipe.box_sha256 or None,
+            "base": pipe.checkpoint_sha256[0],
+            "upsampler": pipe.checkpoint_sha256[1],
+        },
         "text_encoder": pipe.text.name,
     }
     if not upsample:  # the coarse cloud alone: the upsampler did not run
@@ -209,4 +231,5 @@ def register(sub: Any) -> None:
         default=None,
         help="upsampler checkpoint (default: checkpoints/threed/points_upsampler)",
     )
+    add_box_options(p)
     p.set_defaults(func=run_points)

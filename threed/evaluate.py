@@ -45,6 +45,7 @@ from torch import Tensor
 from shared_core.errors import ExtradimError
 from shared_core.io import atomic_path, check_out_dir, write_json
 from shared_core.metrics import frechet_distance, kernel_inception_distance
+from threed.cli import add_box_options, box_option
 from threed.metrics import mmd_cov, one_nn_accuracy, pairwise_chamfer, pairwise_emd
 from threed.world import COLOURS, SHAPES, ShapeWorld, canonical_caption
 
@@ -357,6 +358,8 @@ def evaluate_points(
     report: dict[str, Any] = {
         "checkpoints": [str(p) if p else None for p in pipe.checkpoints],
         "checkpoint_sha256": list(pipe.checkpoint_sha256),
+        "box_checkpoint": str(pipe.box_checkpoint) if pipe.box_checkpoint else None,
+        "box_sha256": pipe.box_sha256 or None,
         "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "seed": seed,
         "reference_world_seed": ref_world_seed,
@@ -433,7 +436,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     if args.emd_points < 2 or args.mesh_per_class < 0:
         raise ExtradimError("--emd-points must be >= 2 and --mesh-per-class >= 0")
     out = check_out_dir(args.out, ("eval.json", "contact_sheet.png"))
-    pipe = PointsPipeline.load(args.base, args.upsampler)
+    pipe = PointsPipeline.load(args.base, args.upsampler, box=box_option(args))
     resolved = pipe.settings(args.steps, args.guidance, args.sampler, args.guidance_rescale)
     pipe.check_num_points(args.num_points)
     point_net = load_point_net(args.pointnet or DEFAULT_POINTNET)
@@ -478,6 +481,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--base", default=None, help="base checkpoint (default: the shipped one)")
     p.add_argument("--upsampler", default=None, help="upsampler checkpoint (default: the shipped one)")
+    add_box_options(p)
     p.add_argument("--per-class", type=int, default=50, help="generated clouds per class (and per real set)")
     p.add_argument("--num-points", type=int, default=2048)
     p.add_argument("--out", default="outputs/eval_points", help="folder for eval.json and contact_sheet.png")

@@ -36,6 +36,7 @@ from shared_core.text import DEFAULT_ENCODER, EmbeddingBank, TextEncoder
 from shared_core.train.distributed import DistInfo, derive_seed
 from shared_core.train.loop import DiffusionObjective, Objective, RunConfig
 from shared_core.train.modality import Modality
+from threed.box import BoxModel, box_of
 from threed.world import COLOURS, SHAPES, ShapeWorld, paraphrases
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "PointsSampleConfig",
     "add_self_conditioning",
     "all_captions",
+    "build_points_model",
     "rotate_z",
     "text_null_condition",
 ]
@@ -64,6 +66,9 @@ class PointsDataConfig:
     # and re-centres its bounding box in XY. The yaw is the world's one exact symmetry, so this
     # factors it out of what the network must learn instead of changing the distribution.
     canonical_yaw: bool = False
+    # Box stage: the quantile q of the box it learns (per-axis q and 1 - q quantiles of the xyz;
+    # ``threed.box``); the pipeline fits the base's clouds to the drawn box with the same q.
+    box_quantile: float = 0.03
     seed: int = 0
     text_encoder: str = DEFAULT_ENCODER
     max_text_length: int = 16
@@ -71,6 +76,8 @@ class PointsDataConfig:
     def __post_init__(self) -> None:
         if self.num_points < 1 or self.coarse_points < 1 or self.coarse_jitter < 0:
             raise ValueError("num_points and coarse_points must be >= 1 and coarse_jitter >= 0")
+        if not 0 <= self.box_quantile < 0.5:
+            raise ValueError(f"box_quantile must be in [0, 0.5), got {self.box_quantile}")
 
 
 def rotate_z(points: Tensor, yaw: Tensor | float) -> Tensor:
@@ -84,7 +91,9 @@ def rotate_z(points: Tensor, yaw: Tensor | float) -> Tensor:
 
 @dataclass(frozen=True)
 class PointsModelConfig:
-    stage: Literal["base", "upsampler"] = "base"
+    # "box": the cloud's extents from the text (``threed.box.BoxModel``, an MLP: depth blocks of
+    # width hidden_size; the attention settings are unused).
+    stage: Literal["base", "upsampler", "box"] = "base"
     hidden_size: int = 128
     depth: int = 6
     num_heads: int = 4
@@ -100,8 +109,8 @@ class PointsModelConfig:
     local_k: int = 0
 
     def __post_init__(self) -> None:
-        if self.stage not in ("base", "upsampler"):
-            raise ValueError(f"stage must be 'base' or 'upsampler', got {self.stage!r}")
+        if self.stage not in ("base", "upsampler", "box"):
+            raise ValueError(f"stage must be 'base', 'upsampler' or 'box', got {self.stage!r}")
         if not 0 <= self.fourier_frequencies <= 16:
             raise ValueError(f"fourier_frequencies must be in 0..16, got {self.fourier_frequencies}")
         if self.local_k < 0:
@@ -283,6 +292,11 @@ def add_self_conditioning(
     return new, new_cfg
 
 
+def build_points_model(cfg: PointsConfig) -> nn.Module:
+    """The network of ``cfg.model.stage``: ``PointsModel`` (base, upsampler) or ``BoxModel`` (box)."""
+    return BoxModel(cfg) if cfg.model.stage == "box" else PointsModel(cfg)
+
+
 def text_null_condition(batch: int, length: int, dim: int) -> dict[str, Tensor]:
     """Classifier-free guidance's unconditional input: no text tokens, a zero pooled vector."""
     return {
@@ -302,12 +316,12 @@ class PointsDataset:
 
     Base: ``{"x": (N, 6), "context", "context_mask", "pooled"}``; upsampler: ``{"x": (N, 6) the
     extra points, "coarse": (M, 6) the jittered conditioning cloud}`` (both i.i.d. samples of the
-    same surface).
+    same surface); box: ``{"x": (6,) the box of the base's item (``threed.box.box_of``), "pooled"}``.
     """
 
     def __init__(self, cfg: PointsConfig, bank: EmbeddingBank | None) -> None:
         d = cfg.data
-        self.cfg, self.bank, self.base = cfg, bank, cfg.model.stage == "base"
+        self.cfg, self.bank, self.base = cfg, bank, cfg.model.stage != "upsampler"
         total = d.num_points if self.base else d.num_points + d.coarse_points
         self.world = ShapeWorld(num_points=total, seed=d.seed)
 
@@ -318,7 +332,10 @@ class PointsDataset:
             assert self.bank is not None
             if self.cfg.data.canonical_yaw:
                 points = rotate_z(points, -batch.params[0].yaw)
-            return {"x": points, **self.bank.row(self.bank.index[batch.captions[0]])}
+            text = self.bank.row(self.bank.index[batch.captions[0]])
+            if self.cfg.model.stage == "box":
+                return {"x": box_of(points[None], self.cfg.data.box_quantile)[0], "pooled": text["pooled"]}
+            return {"x": points, **text}
         m = self.cfg.data.coarse_points
         jitter = randn((m, 3), make_generator(derive_seed(self.cfg.data.seed, 13, index)))
         coarse = points[:m].clone()
@@ -331,7 +348,7 @@ def _log(msg: str) -> None:
 
 
 class PointsModality(Modality):
-    """Text-to-point-cloud diffusion (base or upsampler stage, chosen by ``model.stage``)."""
+    """Text-to-point-cloud diffusion (base, upsampler or box stage, chosen by ``model.stage``)."""
 
     name = "points"
     config_cls = PointsConfig
@@ -348,8 +365,8 @@ class PointsModality(Modality):
                 )
         return self._encoder
 
-    def build_model(self, cfg: PointsConfig) -> PointsModel:
-        return PointsModel(cfg)
+    def build_model(self, cfg: PointsConfig) -> nn.Module:
+        return build_points_model(cfg)
 
     def build_dataset(self, cfg: PointsConfig) -> PointsDataset:
         if cfg.model.stage == "upsampler":
@@ -363,6 +380,10 @@ class PointsModality(Modality):
         if cfg.model.stage == "upsampler":
             return DiffusionObjective.from_config(
                 cfg.diffusion, cond_keys=("coarse",), self_conditioning=True
+            )
+        if cfg.model.stage == "box":
+            return DiffusionObjective.from_config(
+                cfg.diffusion, cond_keys=("pooled",), null_cond={"pooled": torch.zeros(cfg.model.text_dim)}
             )
         null = {
             k: v[0] for k, v in text_null_condition(1, cfg.data.max_text_length, cfg.model.text_dim).items()

@@ -13,13 +13,13 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from shared_core.denoiser import NetworkDenoiser, SelfConditioning
-from shared_core.errors import ExtradimError
+from shared_core.errors import CheckpointError, ExtradimError
 from shared_core.guidance import AutoGuidanceDenoiser, CFGDenoiser
 from shared_core.io import file_sha256
 from shared_core.pretrained import load_pretrained, save_pretrained
@@ -29,10 +29,12 @@ from shared_core.schedules import Schedule, karras_sigmas
 from shared_core.text import TextEncoder
 from shared_core.train.distributed import derive_seed
 from shared_core.train.loop import build_schedule
+from threed.box import BoxModel, fit_to_box
 from threed.modality import PointsConfig, PointsModel, nearest_points, rotate_z, text_null_condition
 
 __all__ = [
     "DEFAULT_BASE",
+    "DEFAULT_BOX",
     "DEFAULT_UPSAMPLER",
     "MAX_POINTS",
     "PROJECTIONS",
@@ -46,10 +48,13 @@ __all__ = [
 _CKPT = Path(__file__).resolve().parent.parent / "checkpoints" / "threed"
 DEFAULT_BASE = _CKPT / "points_base.safetensors"
 DEFAULT_UPSAMPLER = _CKPT / "points_upsampler.safetensors"
+DEFAULT_BOX = _CKPT / "points_box.safetensors"
 MAX_POINTS = 8192
 
 
-def save_points_checkpoint(model: PointsModel, cfg: PointsConfig, path: str | os.PathLike[str]) -> Path:
+def save_points_checkpoint(
+    model: PointsModel | BoxModel, cfg: PointsConfig, path: str | os.PathLike[str]
+) -> Path:
     return save_pretrained(model, cfg, path, kind=f"points-{cfg.model.stage}")
 
 
@@ -153,6 +158,12 @@ def _coarse_starts(coarse: Tensor, k: int, m: int, ids: Sequence[int], seed: int
     return torch.stack(rows)
 
 
+def _box_model(cfg: PointsConfig) -> BoxModel:
+    if cfg.model.stage != "box":
+        raise CheckpointError(f"not a box-stage checkpoint (its stage is {cfg.model.stage!r})")
+    return BoxModel(cfg)
+
+
 def points_denoiser(model: PointsModel, schedule: Schedule, prediction: str) -> Any:
     """A fresh denoiser (the contract of ``shared_core.denoiser``) of a points stage; a model trained
     with self-conditioning is wrapped in ``SelfConditioning``, which holds state: one per sampling run."""
@@ -206,7 +217,10 @@ def upsample(
 
 
 class PointsPipeline:
-    """The base and upsampler models with the text encoder and their sampling defaults."""
+    """The box, base and upsampler models with the text encoder and their sampling defaults.
+
+    With a box stage (``threed.box``) each base cloud, still in its item's own azimuth frame, is
+    fitted to a box drawn from the text before it is turned and upsampled."""
 
     def __init__(
         self,
@@ -217,6 +231,9 @@ class PointsPipeline:
         text_encoder: TextEncoder,
         *,
         checkpoints: tuple[Path | None, Path | None] = (None, None),
+        box: BoxModel | None = None,
+        box_cfg: PointsConfig | None = None,
+        box_checkpoint: Path | None = None,
     ) -> None:
         if base.stage != "base" or (upsampler is not None and upsampler.stage != "upsampler"):
             raise ExtradimError("PointsPipeline needs a base-stage and an upsampler-stage checkpoint")
@@ -226,6 +243,18 @@ class PointsPipeline:
         self.checkpoints = checkpoints
         self.checkpoint_sha256 = [file_sha256(p) if p else "" for p in checkpoints]
         self.coarse_points = base_cfg.data.num_points
+        if (box is None) != (box_cfg is None):
+            raise ExtradimError("a box stage needs both its model and its config")
+        if box is not None and box_cfg is not None:
+            if box.stage != "box" or box_cfg.model.stage != "box":
+                raise ExtradimError("the box checkpoint is not a box-stage checkpoint")
+            if box_cfg.data.canonical_yaw != base_cfg.data.canonical_yaw:
+                raise ExtradimError("the box and base stages disagree on data.canonical_yaw")
+            if box_cfg.data.text_encoder != base_cfg.data.text_encoder:
+                raise ExtradimError("the box and base stages use different text encoders")
+        self.box, self.box_cfg = (box.eval() if box is not None else None), box_cfg
+        self.box_checkpoint = box_checkpoint
+        self.box_sha256 = file_sha256(box_checkpoint) if box_checkpoint else ""
         self.guide: PointsModel | None = None
         self.autoguidance = 1.0
 
@@ -238,8 +267,12 @@ class PointsPipeline:
         text_encoder: str | None = None,
         guide: str | os.PathLike[str] | None = None,
         autoguidance: float = 1.0,
+        box: str | os.PathLike[str] | Literal[False] | None = None,
     ) -> PointsPipeline:
-        """Load both stages (defaults: the shipped files). Bad files raise a one-line ``CheckpointError``.
+        """Load the stages (defaults: the shipped files). Bad files raise a one-line ``CheckpointError``.
+
+        ``box``: a box-stage checkpoint; ``None`` (default) takes the shipped one when ``base`` is
+        the shipped base too (they are a pair) and none otherwise; ``False``: no box stage.
 
         ``guide``: a weaker base checkpoint (e.g. an earlier one) for autoguidance of the base at
         scale ``autoguidance`` (1: off; measured in session 10 and not a default, model card).
@@ -249,7 +282,15 @@ class PointsPipeline:
         enc = TextEncoder.load(text_encoder or b_cfg.data.text_encoder, max_length=b_cfg.data.max_text_length)
         if enc.dim != b_cfg.model.text_dim:
             raise ExtradimError(f"text encoder width {enc.dim} != the model's {b_cfg.model.text_dim}")
-        pipe = cls(b_model, b_cfg, u_model, u_cfg, enc, checkpoints=(b_path, u_path))
+        if box is None:
+            box = DEFAULT_BOX if base is None and DEFAULT_BOX.exists() else False
+        x_model, x_cfg, x_path = (
+            (None, None, None) if box is False else load_pretrained(box, PointsConfig, _box_model)
+        )
+        pipe = cls(
+            b_model, b_cfg, u_model, u_cfg, enc, checkpoints=(b_path, u_path),
+            box=x_model, box_cfg=x_cfg, box_checkpoint=x_path,
+        )  # fmt: skip
         if guide is not None:
             g_model, g_cfg, _ = load_pretrained(guide, PointsConfig, PointsModel)
             if g_cfg.model.stage != "base" or g_cfg.diffusion != b_cfg.diffusion:
@@ -279,6 +320,8 @@ class PointsPipeline:
             "upsampler_project_fit": self.up_cfg.sample.project_fit if self.up_cfg else None,
             "upsampler_steps": self.up_cfg.sample.steps if self.up_cfg else 0,
             "upsampler_start": self.up_cfg.sample.start if self.up_cfg else None,
+            "box_quantile": self.box_cfg.data.box_quantile if self.box_cfg else None,
+            "box_steps": self.box_cfg.sample.steps if self.box_cfg else 0,
         }
         if out["sampler"] not in SAMPLERS:
             raise ExtradimError(f"unknown sampler {out['sampler']!r}; valid: {', '.join(sorted(SAMPLERS))}")
@@ -366,9 +409,29 @@ class PointsPipeline:
         cb = (lambda _info: callback(len(ids))) if callback else None
         g = [make_generator(derive_seed(seed, 1, i)) for i in ids]  # per cloud: batch-independent
         x = get_sampler(st["sampler"])(guided, x, sigmas, extra_args=cond, callback=cb, generator=g)
+        if self.box is not None and self.box_cfg is not None:
+            x = fit_to_box(x, self.boxes(cond["pooled"], ids, seed), self.box_cfg.data.box_quantile)
         if cfg.data.canonical_yaw and turn:
             x = turn_randomly(x, [make_generator(derive_seed(seed, 4, i)) for i in ids])
         return x
+
+    @torch.no_grad()
+    def boxes(self, pooled: Tensor, ids: Sequence[int], seed: int) -> Tensor:
+        """``(B, 6)``: a box (``threed.box``) per pooled text vector ``(B, D)`` from the box stage;
+        row ``b``'s noise comes from ``(seed, 6, ids[b])`` and ``(seed, 7, ids[b])``."""
+        if self.box is None or self.box_cfg is None:
+            raise ExtradimError("this pipeline has no box stage")
+        cfg = self.box_cfg
+        schedule = build_schedule(cfg.diffusion)
+        sigmas = _sigmas(schedule, cfg.sample.steps, cfg.sample.spacing, cfg.sample.sigma_max)
+        den = NetworkDenoiser(self.box, schedule, cfg.diffusion.prediction)
+        dim = pooled.shape[-1]
+        guided = CFGDenoiser.from_scale(den, cfg.sample.guidance, lambda b: {"pooled": torch.zeros(b, dim)})
+        x = torch.stack([randn((6,), make_generator(derive_seed(seed, 6, i))) for i in ids])
+        x = x * float(schedule.prior_std(sigmas[0]))
+        g = [make_generator(derive_seed(seed, 7, i)) for i in ids]
+        sample = get_sampler(cfg.sample.sampler)
+        return sample(guided, x, sigmas, extra_args={"pooled": pooled}, generator=g)
 
     def _upsample(self, coarse: Tensor, n: int, ids: list[int], seed: int, callback: Any) -> Tensor:
         assert self.upsampler is not None and self.up_cfg is not None

@@ -13,6 +13,7 @@ import trimesh
 from PIL import Image
 
 from shared_core import __version__
+from shared_core.config import from_dict
 from shared_core.io import file_sha256
 from threed.io import load_points
 
@@ -47,6 +48,48 @@ def test_writes_cloud_preview_mesh_and_manifests(cli, tiny_checkpoints, tmp_path
     )
     captured = capsys.readouterr()
     assert "wrote" in captured.out and "warning" not in captured.err
+
+
+def test_box_stage_is_recorded_and_fits_the_cloud(cli, tiny_checkpoints, tmp_path: Path, capsys) -> None:
+    """``--box CKPT`` draws each cloud's box first; the manifest names the box checkpoint."""
+    from tests.threed.conftest import TINY_POINTS, randomise
+    from threed.box import BoxModel
+    from threed.modality import PointsConfig
+    from threed.pipeline import save_points_checkpoint
+
+    cfg = from_dict(PointsConfig, {**TINY_POINTS, "model": {**TINY_POINTS["model"], "stage": "box"}})
+    box = save_points_checkpoint(randomise(BoxModel(cfg)), cfg, tmp_path / "box.safetensors")
+    with_box, plain = tmp_path / "a.npy", tmp_path / "b.npy"
+    assert _points(cli, tiny_checkpoints, "a red torus", "-o", str(with_box), "--box", str(box)) == 0
+    assert _points(cli, tiny_checkpoints, "a red torus", "-o", str(plain)) == 0
+    m = json.loads((tmp_path / "a.npy.json").read_text())
+    assert m["checkpoint_sha256"]["box"] == file_sha256(box) and m["box_quantile"] == 0.03
+    assert json.loads((tmp_path / "b.npy.json").read_text())["checkpoint_sha256"]["box"] is None
+    assert not np.allclose(np.load(with_box), np.load(plain))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:  # argparse: usage and one error line
+        _points(
+            cli, tiny_checkpoints, "a red torus", "-o", str(tmp_path / "c.npy"), "--box", str(box), "--no-box"
+        )
+    assert exc.value.code == 2
+    assert "not allowed with" in capsys.readouterr().err and not (tmp_path / "c.npy").exists()
+    # a checkpoint of another stage given as the box: one line, nothing written
+    assert (
+        _points(
+            cli,
+            tiny_checkpoints,
+            "a red torus",
+            "-o",
+            str(tmp_path / "d.npy"),
+            "--box",
+            str(tiny_checkpoints[0]),
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert (
+        "not a box-stage checkpoint" in err and "Traceback" not in err and not (tmp_path / "d.npy").exists()
+    )
 
 
 def test_seed_reproducibility_and_npy(cli, tiny_checkpoints, tmp_path: Path) -> None:

@@ -215,6 +215,7 @@ def test_autoguidance_by_a_weaker_base(
             "{num_points: 16}",
             "base",
         ),  # self-conditioned
+        ("{schedule: cosine, prediction: v}", "{num_points: 16, canonical_yaw: true}", "box"),
     ],
 )
 def test_train_points_end_to_end(
