@@ -47,6 +47,7 @@ __all__ = [
     "PointsModel",
     "PointsModelConfig",
     "PointsSampleConfig",
+    "add_box_condition",
     "add_self_conditioning",
     "all_captions",
     "build_points_model",
@@ -107,6 +108,10 @@ class PointsModelConfig:
     # shared MLP, max-pooled: a PointNet++-style local feature) as extra input channels; the
     # upsampler's neighbours are coarse points, the base's the other noisy points of its own cloud.
     local_k: int = 0
+    # Base: also condition on the cloud's box (``threed.box``: per-axis quantiles, the box stage's
+    # output), appended to the pooled text vector: ``forward(..., box=)``. Training gives each
+    # item's own box (never dropped with the text), the pipeline the box stage's draw.
+    box_condition: bool = False
 
     def __post_init__(self) -> None:
         if self.stage not in ("base", "upsampler", "box"):
@@ -115,6 +120,8 @@ class PointsModelConfig:
             raise ValueError(f"fourier_frequencies must be in 0..16, got {self.fourier_frequencies}")
         if self.local_k < 0:
             raise ValueError(f"local_k must be >= 0, got {self.local_k}")
+        if self.box_condition and self.stage != "base":
+            raise ValueError("box_condition is for the base stage")
 
 
 @dataclass(frozen=True)
@@ -215,6 +222,7 @@ class PointsModel(nn.Module):
         # diffusion.self_condition > 0: each token also carries the model's own previous x0 estimate
         # of its point (6 channels, last; zeros when there is none), ``forward(..., self_cond=)``.
         self.self_condition = cfg.diffusion.self_condition > 0
+        self.box_condition = m.box_condition
         self.dit = DiT(
             DiTConfig(
                 in_channels=features + (local_dim if self.local_k else 0) + (6 if self.self_condition else 0),
@@ -225,7 +233,7 @@ class PointsModel(nn.Module):
                 num_heads=m.num_heads,
                 mlp_ratio=m.mlp_ratio,
                 context_dim=m.text_dim if base else m.hidden_size,
-                pooled_dim=m.text_dim if base else 0,
+                pooled_dim=(m.text_dim + (6 if m.box_condition else 0)) if base else 0,
             )
         )
 
@@ -238,7 +246,14 @@ class PointsModel(nn.Module):
         pooled: Tensor | None = None,
         coarse: Tensor | None = None,
         self_cond: Tensor | None = None,
+        box: Tensor | None = None,
     ) -> Tensor:
+        if self.box_condition:
+            if box is None or pooled is None:
+                raise ValueError("this base is conditioned on the cloud's box: give pooled= and box=")
+            pooled = torch.cat([pooled, box.to(pooled.dtype)], dim=-1)
+        elif box is not None:
+            raise ValueError("this model was not trained with a box condition (box=)")
         if self.coarse_embed is None:  # base
             tokens = self._tokens(x, x, self_cond)
             return self.dit(tokens, t, context=context, context_mask=context_mask, pooled=pooled)
@@ -297,6 +312,22 @@ def build_points_model(cfg: PointsConfig) -> nn.Module:
     return BoxModel(cfg) if cfg.model.stage == "box" else PointsModel(cfg)
 
 
+def add_box_condition(model: PointsModel, cfg: PointsConfig) -> tuple[PointsModel, PointsConfig]:
+    """A copy of a base trained without a box condition that takes ``box=`` and starts as the same
+    function (the six new input columns of the pooled embedding are zero); a start for
+    ``train.init_from`` with ``model.box_condition: true``."""
+    if model.box_condition or model.stage != "base":
+        raise ValueError("need a base stage without a box condition")
+    new_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, box_condition=True))
+    new = PointsModel(new_cfg)
+    state = model.state_dict()
+    for key in [k for k in state if k.endswith("pooled_embedder.mlp.0.weight")]:
+        w = state[key]
+        state[key] = torch.cat([w, w.new_zeros(w.shape[0], 6)], dim=1)
+    new.load_state_dict(state)
+    return new, new_cfg
+
+
 def text_null_condition(batch: int, length: int, dim: int) -> dict[str, Tensor]:
     """Classifier-free guidance's unconditional input: no text tokens, a zero pooled vector."""
     return {
@@ -335,6 +366,8 @@ class PointsDataset:
             text = self.bank.row(self.bank.index[batch.captions[0]])
             if self.cfg.model.stage == "box":
                 return {"x": box_of(points[None], self.cfg.data.box_quantile)[0], "pooled": text["pooled"]}
+            if self.cfg.model.box_condition:
+                return {"x": points, **text, "box": box_of(points[None], self.cfg.data.box_quantile)[0]}
             return {"x": points, **text}
         m = self.cfg.data.coarse_points
         jitter = randn((m, 3), make_generator(derive_seed(self.cfg.data.seed, 13, index)))
@@ -390,7 +423,7 @@ class PointsModality(Modality):
         }
         return DiffusionObjective.from_config(
             cfg.diffusion,
-            cond_keys=("context", "context_mask", "pooled"),
+            cond_keys=("context", "context_mask", "pooled", *(("box",) if cfg.model.box_condition else ())),
             null_cond=null,
             self_conditioning=True,
         )

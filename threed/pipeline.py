@@ -158,6 +158,18 @@ def _coarse_starts(coarse: Tensor, k: int, m: int, ids: Sequence[int], seed: int
     return torch.stack(rows)
 
 
+class _WithBox:
+    """A denoiser that also passes each row's box (``box=``) to the network, for a box-conditioned
+    base. It sits inside guidance, which may stack the batch k times: the boxes are tiled to match
+    (guidance's null condition keeps the box; only the text is dropped)."""
+
+    def __init__(self, denoiser: Any, boxes: Tensor) -> None:
+        self.denoiser, self.boxes = denoiser, boxes
+
+    def __call__(self, x: Tensor, sigma: Tensor, **cond: Any) -> Tensor:
+        return self.denoiser(x, sigma, box=self.boxes.repeat(x.shape[0] // len(self.boxes), 1), **cond)
+
+
 def _box_model(cfg: PointsConfig) -> BoxModel:
     if cfg.model.stage != "box":
         raise CheckpointError(f"not a box-stage checkpoint (its stage is {cfg.model.stage!r})")
@@ -397,6 +409,13 @@ class PointsPipeline:
         sigmas = _sigmas(schedule, st["steps"], st["spacing"], st["sigma_max"])
         L, D = cond["context"].shape[1:]
         den: Any = points_denoiser(self.base, schedule, cfg.diffusion.prediction)
+        boxes = None
+        if self.box is not None and self.box_cfg is not None:
+            boxes = self.boxes(cond["pooled"], ids, seed)
+            if self.base.box_condition:
+                den = _WithBox(den, boxes)
+        elif self.base.box_condition:
+            raise ExtradimError("this base is conditioned on a box: it needs a box stage (box=)")
         if self.guide is not None and self.autoguidance != 1.0:
             bad = points_denoiser(self.guide, schedule, cfg.diffusion.prediction)
             den = AutoGuidanceDenoiser(den, bad, self.autoguidance)
@@ -409,8 +428,8 @@ class PointsPipeline:
         cb = (lambda _info: callback(len(ids))) if callback else None
         g = [make_generator(derive_seed(seed, 1, i)) for i in ids]  # per cloud: batch-independent
         x = get_sampler(st["sampler"])(guided, x, sigmas, extra_args=cond, callback=cb, generator=g)
-        if self.box is not None and self.box_cfg is not None:
-            x = fit_to_box(x, self.boxes(cond["pooled"], ids, seed), self.box_cfg.data.box_quantile)
+        if boxes is not None and self.box_cfg is not None:
+            x = fit_to_box(x, boxes, self.box_cfg.data.box_quantile)
         if cfg.data.canonical_yaw and turn:
             x = turn_randomly(x, [make_generator(derive_seed(seed, 4, i)) for i in ids])
         return x

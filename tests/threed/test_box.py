@@ -146,3 +146,49 @@ def test_pipeline_rejects_a_box_that_does_not_match(encoder: TextEncoder, tmp_pa
     assert PointsPipeline.load(base_path, up_path, box=False).box is None
     with pytest.raises(CheckpointError, match="not a box-stage checkpoint"):
         PointsPipeline.load(base_path, up_path, box=base_path)
+
+
+def test_box_conditioned_base_starts_as_the_plain_one_and_sees_the_box(encoder: TextEncoder) -> None:
+    from threed.modality import add_box_condition
+
+    pipe = _pipeline(encoder)
+    wide, wide_cfg = add_box_condition(pipe.base, pipe.base_cfg)
+    assert wide.box_condition and wide_cfg.model.box_condition
+    x, t = torch.randn(2, 32, 6), torch.tensor([5.0, 500.0])
+    text = {
+        "context": torch.randn(2, 16, 384),
+        "context_mask": torch.ones(2, 16, dtype=torch.bool),
+        "pooled": torch.randn(2, 384),
+    }
+    box = torch.randn(2, 6)
+    torch.testing.assert_close(wide(x, t, **text, box=box), pipe.base(x, t, **text))  # zero columns
+    with pytest.raises(ValueError, match="box="):
+        wide(x, t, **text)
+    with pytest.raises(ValueError, match="box condition"):
+        pipe.base(x, t, **text, box=box)
+    with pytest.raises(ValueError, match="base stage"):
+        add_box_condition(wide, wide_cfg)
+    # once the box columns are trained, the pipeline's drawn boxes reach the network
+    with torch.no_grad():
+        wide.dit.cond_embed.pooled_embedder.mlp[0].weight[:, -6:].normal_(0, 0.5)
+    assert not torch.allclose(wide(x, t, **text, box=box), pipe.base(x, t, **text))
+    prompts = ["a blue mug", "a red table"]
+    boxed = PointsPipeline(wide, wide_cfg, None, None, encoder, box=pipe.box, box_cfg=pipe.box_cfg)
+    a = boxed.generate(prompts, seed=3, num_points=32, canonical=True)
+    b = pipe.generate(prompts, seed=3, num_points=32, canonical=True)
+    assert not torch.allclose(a, b)
+    torch.testing.assert_close(
+        box_of(a, 0.03), box_of(b, 0.03), atol=1e-5, rtol=0
+    )  # both fitted to the same boxes
+    torch.testing.assert_close(
+        boxed.generate(prompts, seed=3, num_points=32, canonical=True, batch_size=1), a
+    )
+    # under CFG the batch is doubled: the boxes follow
+    assert boxed.generate(prompts, seed=3, num_points=32, canonical=True, guidance=2.0).shape == (2, 32, 6)
+    with pytest.raises(ExtradimError, match="needs a box stage"):
+        PointsPipeline(wide, wide_cfg, None, None, encoder).generate(prompts, num_points=32)
+    # training data: each base item carries its own box
+    ds = PointsDataset(wide_cfg, None)
+    ds.bank = EmbeddingBank(encoder, sorted(set(ds.world.sample_ids(range(2)).captions)))
+    item = ds[1]
+    torch.testing.assert_close(item["box"], box_of(item["x"][None], 0.03)[0])

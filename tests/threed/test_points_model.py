@@ -216,6 +216,7 @@ def test_autoguidance_by_a_weaker_base(
             "base",
         ),  # self-conditioned
         ("{schedule: cosine, prediction: v}", "{num_points: 16, canonical_yaw: true}", "box"),
+        ("{schedule: cosine, prediction: v}", "{num_points: 16}", "base, box_condition: true"),
     ],
 )
 def test_train_points_end_to_end(
