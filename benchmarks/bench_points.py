@@ -107,6 +107,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "torch": torch.__version__,
         "checkpoints": [str(p) for p in pipe.checkpoints],
         "checkpoint_sha256": list(pipe.checkpoint_sha256),
+        "box_checkpoint": str(pipe.box_checkpoint) if pipe.box_checkpoint else None,
+        "box_sha256": pipe.box_sha256 or None,
         "num_points": args.num_points,
         "settings": st,
         "repeats": args.repeats,

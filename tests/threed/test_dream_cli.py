@@ -82,7 +82,7 @@ def test_dream_can_start_from_the_points_models_cloud(
 ) -> None:
     """``--init points``: the field starts from the shipped text-to-points cloud; the manifest names
     the start and the points checkpoints it came from."""
-    from threed.pipeline import DEFAULT_BASE, DEFAULT_UPSAMPLER
+    from threed.pipeline import DEFAULT_BASE, DEFAULT_BOX, DEFAULT_UPSAMPLER
 
     out = tmp_path / "mug"
     args = ["dream", "a blue mug", "-o", str(out), "--steps", "2", "--init", "points",
@@ -92,6 +92,7 @@ def test_dream_can_start_from_the_points_models_cloud(
     m = json.loads((out / "manifest.json").read_text())
     assert m["config"]["init"] == "points"
     assert m["init_points_sha256"] == {
+        "box": file_sha256(DEFAULT_BOX),
         "base": file_sha256(DEFAULT_BASE),
         "upsampler": file_sha256(DEFAULT_UPSAMPLER),
     }

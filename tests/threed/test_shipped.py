@@ -1,4 +1,4 @@
-"""The shipped point-cloud weights (checkpoints/threed/points_{base,upsampler}.*) load and follow
+"""The shipped point-cloud weights (checkpoints/threed/points_{box,base,upsampler}.*) load and follow
 prompts: a regression test of the artefacts (the full measurement is ``extradim eval points``)."""
 
 from __future__ import annotations
@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 
 from threed.evaluate import colour_of
-from threed.pipeline import DEFAULT_BASE, DEFAULT_UPSAMPLER, PointsPipeline
+from threed.pipeline import DEFAULT_BASE, DEFAULT_BOX, DEFAULT_UPSAMPLER, PointsPipeline
 
 
 @pytest.fixture(scope="module")
 def pipe() -> PointsPipeline:
-    for path in (DEFAULT_BASE, DEFAULT_UPSAMPLER):
+    for path in (DEFAULT_BOX, DEFAULT_BASE, DEFAULT_UPSAMPLER):
         assert path.is_file(), f"shipped weights missing: {path}"
     return PointsPipeline.load()
 
@@ -23,6 +23,19 @@ def test_shipped_checkpoints_follow_colour(pipe: PointsPipeline) -> None:
     assert clouds[..., :3].abs().max() <= 1.5 and clouds[..., :3].std() > 0.2  # a spread-out cloud
     colours = [colour_of(c) for c in clouds]
     assert colours == ["red", "blue", "yellow"], colours
+
+
+def test_shipped_box_stage_draws_the_worlds_extents(pipe: PointsPipeline) -> None:
+    """The box stage ships with the base and draws boxes of the prompted shape: a sphere's 3-97%
+    quantile box is ~1.87 wide on every axis (real: 1.87 +- 0.02), a torus's flat (z ~0.46, xy ~1.85)."""
+    assert pipe.box is not None and pipe.settings()["box_quantile"] == 0.03
+    emb = pipe.text.encode(["a white sphere"] * 8 + ["a blue torus"] * 8, pad_to=16)
+    boxes = pipe.boxes(emb.pooled, list(range(16)), seed=0)
+    extent = boxes[:, 3:] - boxes[:, :3]
+    assert ((extent[:8] > 1.75) & (extent[:8] < 1.95)).all(), extent[:8]
+    assert ((extent[8:, :2] > 1.7) & (extent[8:, :2] < 1.95)).all() and (extent[8:, 2] < 0.7).all(), extent[
+        8:
+    ]
 
 
 def test_shipped_view_prior_and_classifier_agree() -> None:
