@@ -19,16 +19,18 @@ points), it separates the base from the upsampler in a few minutes.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 from _results import finish, parse_probe_args, probe_parser, with_sample
 
 from shared_core.pretrained import load_pretrained
 from shared_core.text import TextEncoder
+from threed.cli import add_box_options, box_option
 from threed.evaluate import eval_prompts, nearest_class, reference_seed
 from threed.metrics import compute_all_metrics
-from threed.modality import PointsConfig, PointsModel
-from threed.pipeline import DEFAULT_BASE, PROJECTIONS, PointsPipeline
+from threed.modality import PointsConfig, PointsModel, build_points_model
+from threed.pipeline import DEFAULT_BASE, DEFAULT_BOX, PROJECTIONS, PointsPipeline
 from threed.world import SHAPES, ShapeWorld
 
 COARSE, FULL = 512, 2048
@@ -90,6 +92,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="base steps (default: the checkpoint's)")
     ap.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the checkpoint's)")
     ap.add_argument("--guidance-rescale", type=float, default=None)
+    add_box_options(ap)
     args = parse_probe_args(ap)
     base, cfg, path = load_pretrained(args.base, PointsConfig, PointsModel)
     if cfg.model.stage != "base":
@@ -103,7 +106,17 @@ def main() -> None:
             up_cfg, sigma_max=args.sigma_max, project_k=args.project_k, project_fit=args.project_fit
         )
     enc = TextEncoder.load(args.text_encoder or cfg.data.text_encoder, max_length=cfg.data.max_text_length)
-    pipe = PointsPipeline(base.eval(), cfg, up.eval() if up else None, up_cfg, enc)
+    box_model = box_cfg = box_path = None
+    if (box := box_option(args)) is None and (
+        cfg.model.box_condition or Path(args.base).resolve() == DEFAULT_BASE.resolve()
+    ):
+        box = str(DEFAULT_BOX)
+    if box:
+        box_model, box_cfg, box_path = load_pretrained(box, PointsConfig, build_points_model)
+    pipe = PointsPipeline(
+        base.eval(), cfg, up.eval() if up else None, up_cfg, enc,
+        box=box_model, box_cfg=box_cfg, box_checkpoint=box_path,
+    )  # fmt: skip
     t = time.perf_counter()
     with torch.no_grad():
         st = {"steps": args.steps, "guidance": args.guidance, "guidance_rescale": args.guidance_rescale}

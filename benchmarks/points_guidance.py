@@ -25,6 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from threed.cli import add_box_options, box_option  # noqa: E402
 from threed.evaluate import _subsample, eval_prompts, nearest_class, reference_seed  # noqa: E402
 from threed.metrics import mmd_cov, pairwise_chamfer  # noqa: E402
 from threed.pipeline import PointsPipeline  # noqa: E402
@@ -40,9 +41,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--num-points", type=int, default=2048)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/points_guidance.json")
+    add_box_options(ap)
     args = ap.parse_args()
 
-    pipe = PointsPipeline.load(args.base)
+    pipe = PointsPipeline.load(args.base, box=box_option(args))
     ref_seed = reference_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)
     protos = {

@@ -31,7 +31,7 @@ from shared_core.nn.embeddings import TimestepEmbedder, VectorEmbedder
 
 __all__ = ["BoxModel", "box_of", "fit_to_box"]
 
-_MIN_EXTENT = 1e-3  # a degenerate axis (all points at one coordinate) is not stretched
+_MIN_EXTENT = 1e-3  # an axis narrower than this is scaled as if it were this wide (no division by 0)
 
 
 def box_of(xyz: Tensor, q: float) -> Tensor:

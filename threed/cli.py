@@ -40,7 +40,11 @@ def add_box_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--box", default=None, help="box-stage checkpoint (default: the shipped one with the shipped base)"
     )
-    group.add_argument("--no-box", action="store_true", help="no box stage: the base's clouds as drawn")
+    group.add_argument(
+        "--no-box",
+        action="store_true",
+        help="no box stage: the base's clouds as drawn (refused for a box-conditioned base: the shipped one)",
+    )
 
 
 def box_option(args: argparse.Namespace) -> str | Literal[False] | None:

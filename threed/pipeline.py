@@ -262,8 +262,18 @@ class PointsPipeline:
                 raise ExtradimError("the box checkpoint is not a box-stage checkpoint")
             if box_cfg.data.canonical_yaw != base_cfg.data.canonical_yaw:
                 raise ExtradimError("the box and base stages disagree on data.canonical_yaw")
-            if box_cfg.data.text_encoder != base_cfg.data.text_encoder:
-                raise ExtradimError("the box and base stages use different text encoders")
+            if (box_cfg.data.text_encoder, box_cfg.data.max_text_length) != (
+                base_cfg.data.text_encoder,
+                base_cfg.data.max_text_length,
+            ):
+                raise ExtradimError("the box and base stages use different text encoders or lengths")
+            if base.box_condition and box_cfg.data.box_quantile != base_cfg.data.box_quantile:
+                raise ExtradimError(
+                    f"the base was trained on boxes of quantile {base_cfg.data.box_quantile}, "
+                    f"the box stage draws quantile {box_cfg.data.box_quantile}"
+                )
+        elif base.box_condition:
+            raise ExtradimError("this base is conditioned on a box: it needs a box stage (not --no-box)")
         self.box, self.box_cfg = (box.eval() if box is not None else None), box_cfg
         self.box_checkpoint = box_checkpoint
         self.box_sha256 = file_sha256(box_checkpoint) if box_checkpoint else ""
@@ -283,8 +293,9 @@ class PointsPipeline:
     ) -> PointsPipeline:
         """Load the stages (defaults: the shipped files). Bad files raise a one-line ``CheckpointError``.
 
-        ``box``: a box-stage checkpoint; ``None`` (default) takes the shipped one when ``base`` is
-        the shipped base too (they are a pair) and none otherwise; ``False``: no box stage.
+        ``box``: a box-stage checkpoint; ``None`` (default) takes the shipped one when the base is
+        the shipped one (by default or by path) or is conditioned on a box, and none otherwise;
+        ``False``: no box stage (refused for a box-conditioned base).
 
         ``guide``: a weaker base checkpoint (e.g. an earlier one) for autoguidance of the base at
         scale ``autoguidance`` (1: off; measured in session 10 and not a default, model card).
@@ -295,7 +306,8 @@ class PointsPipeline:
         if enc.dim != b_cfg.model.text_dim:
             raise ExtradimError(f"text encoder width {enc.dim} != the model's {b_cfg.model.text_dim}")
         if box is None:
-            box = DEFAULT_BOX if base is None and DEFAULT_BOX.exists() else False
+            shipped = base is None or Path(base).resolve() == DEFAULT_BASE.resolve()
+            box = DEFAULT_BOX if (shipped or b_cfg.model.box_condition) and DEFAULT_BOX.exists() else False
         x_model, x_cfg, x_path = (
             (None, None, None) if box is False else load_pretrained(box, PointsConfig, _box_model)
         )
@@ -309,6 +321,8 @@ class PointsPipeline:
                 raise ExtradimError("the autoguidance model must be a base with the same diffusion settings")
             if autoguidance < 0:
                 raise ExtradimError(f"autoguidance must be >= 0, got {autoguidance}")
+            if g_cfg.model.box_condition and pipe.box is None:
+                raise ExtradimError("the autoguidance model is conditioned on a box: it needs a box stage")
             pipe.guide, pipe.autoguidance = g_model.eval(), float(autoguidance)
         return pipe
 
@@ -414,10 +428,10 @@ class PointsPipeline:
             boxes = self.boxes(cond["pooled"], ids, seed)
             if self.base.box_condition:
                 den = _WithBox(den, boxes)
-        elif self.base.box_condition:
-            raise ExtradimError("this base is conditioned on a box: it needs a box stage (box=)")
         if self.guide is not None and self.autoguidance != 1.0:
             bad = points_denoiser(self.guide, schedule, cfg.diffusion.prediction)
+            if self.guide.box_condition and boxes is not None:
+                bad = _WithBox(bad, boxes)
             den = AutoGuidanceDenoiser(den, bad, self.autoguidance)
         guided = CFGDenoiser.from_scale(
             den, st["guidance"], lambda b: text_null_condition(b, L, D), rescale=st["guidance_rescale"]

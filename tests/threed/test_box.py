@@ -185,8 +185,16 @@ def test_box_conditioned_base_starts_as_the_plain_one_and_sees_the_box(encoder: 
     )
     # under CFG the batch is doubled: the boxes follow
     assert boxed.generate(prompts, seed=3, num_points=32, canonical=True, guidance=2.0).shape == (2, 32, 6)
-    with pytest.raises(ExtradimError, match="needs a box stage"):
-        PointsPipeline(wide, wide_cfg, None, None, encoder).generate(prompts, num_points=32)
+    with pytest.raises(ExtradimError, match="needs a box stage"):  # refused when built, not later
+        PointsPipeline(wide, wide_cfg, None, None, encoder)
+    other_q = _cfg("box", box_quantile=0.05)
+    with pytest.raises(ExtradimError, match=r"quantile 0\.03.*quantile 0\.05"):
+        PointsPipeline(wide, wide_cfg, None, None, encoder, box=BoxModel(other_q), box_cfg=other_q)
+    # autoguidance by a box-conditioned guide: the guide gets the boxes too
+    boxed.guide, boxed.autoguidance = wide, 2.0
+    torch.testing.assert_close(
+        boxed.generate(prompts, seed=3, num_points=32, canonical=True), a
+    )  # good = bad
     # training data: each base item carries its own box
     ds = PointsDataset(wide_cfg, None)
     ds.bank = EmbeddingBank(encoder, sorted(set(ds.world.sample_ids(range(2)).captions)))

@@ -38,6 +38,17 @@ def test_shipped_box_stage_draws_the_worlds_extents(pipe: PointsPipeline) -> Non
     ]
 
 
+def test_shipped_base_needs_its_box_stage(pipe: PointsPipeline) -> None:
+    """The shipped base is conditioned on the box: naming it by path still takes the shipped box,
+    and asking for no box is a one-line error."""
+    from shared_core.errors import ExtradimError
+
+    assert pipe.base.box_condition
+    assert PointsPipeline.load(DEFAULT_BASE).box_checkpoint == pipe.box_checkpoint
+    with pytest.raises(ExtradimError, match="needs a box stage"):
+        PointsPipeline.load(box=False)
+
+
 def test_shipped_view_prior_and_classifier_agree() -> None:
     """The shipped 2-D prior draws views the shipped view classifier reads as the prompted colour and
     shape (both nets were trained apart: this checks the prior and the judge of ``eval dream``)."""
