@@ -19,7 +19,6 @@ points), it separates the base from the upsampler in a few minutes.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 from _results import finish, parse_probe_args, probe_parser, with_sample
@@ -30,7 +29,7 @@ from threed.cli import add_box_options, box_option
 from threed.evaluate import eval_prompts, nearest_class, reference_seed
 from threed.metrics import compute_all_metrics
 from threed.modality import PointsConfig, PointsModel, build_points_model
-from threed.pipeline import DEFAULT_BASE, DEFAULT_BOX, PROJECTIONS, PointsPipeline
+from threed.pipeline import DEFAULT_BASE, PROJECTIONS, PointsPipeline, default_box
 from threed.world import SHAPES, ShapeWorld
 
 COARSE, FULL = 512, 2048
@@ -107,10 +106,8 @@ def main() -> None:
         )
     enc = TextEncoder.load(args.text_encoder or cfg.data.text_encoder, max_length=cfg.data.max_text_length)
     box_model = box_cfg = box_path = None
-    if (box := box_option(args)) is None and (
-        cfg.model.box_condition or Path(args.base).resolve() == DEFAULT_BASE.resolve()
-    ):
-        box = str(DEFAULT_BOX)
+    if (box := box_option(args)) is None:
+        box = default_box(args.base, cfg)
     if box:
         box_model, box_cfg, box_path = load_pretrained(box, PointsConfig, build_points_model)
     pipe = PointsPipeline(

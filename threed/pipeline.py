@@ -39,6 +39,7 @@ __all__ = [
     "MAX_POINTS",
     "PROJECTIONS",
     "PointsPipeline",
+    "default_box",
     "project_to_planes",
     "project_to_quadrics",
     "save_points_checkpoint",
@@ -168,6 +169,13 @@ class _WithBox:
 
     def __call__(self, x: Tensor, sigma: Tensor, **cond: Any) -> Tensor:
         return self.denoiser(x, sigma, box=self.boxes.repeat(x.shape[0] // len(self.boxes), 1), **cond)
+
+
+def default_box(base: str | os.PathLike[str] | None, base_cfg: PointsConfig) -> Path | Literal[False]:
+    """The box stage a base gets when none is named: the shipped one when the base is the shipped
+    one (``None`` or its path) or is conditioned on a box; otherwise none (``False``)."""
+    shipped = base is None or Path(base).resolve() == DEFAULT_BASE.resolve()
+    return DEFAULT_BOX if (shipped or base_cfg.model.box_condition) and DEFAULT_BOX.exists() else False
 
 
 def _box_model(cfg: PointsConfig) -> BoxModel:
@@ -306,8 +314,7 @@ class PointsPipeline:
         if enc.dim != b_cfg.model.text_dim:
             raise ExtradimError(f"text encoder width {enc.dim} != the model's {b_cfg.model.text_dim}")
         if box is None:
-            shipped = base is None or Path(base).resolve() == DEFAULT_BASE.resolve()
-            box = DEFAULT_BOX if (shipped or b_cfg.model.box_condition) and DEFAULT_BOX.exists() else False
+            box = default_box(base, b_cfg)
         x_model, x_cfg, x_path = (
             (None, None, None) if box is False else load_pretrained(box, PointsConfig, _box_model)
         )
