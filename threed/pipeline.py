@@ -191,6 +191,32 @@ def points_denoiser(model: PointsModel, schedule: Schedule, prediction: str) -> 
     return SelfConditioning(den) if model.self_condition else den
 
 
+def _draw(
+    den: Any,
+    schedule: Schedule,
+    sigmas: Tensor,
+    sampler: str,
+    shape: tuple[int, ...],
+    seed: int,
+    noise_keys: Sequence[tuple[int, ...]],
+    step_keys: Sequence[tuple[int, ...]],
+    extra_args: dict[str, Tensor],
+    start: Tensor | None = None,
+    callback: Callable[[Any], None] | None = None,
+) -> Tensor:
+    """One stage's sampling run, the set-up every points stage shares: row ``r`` starts from noise
+    ``shape`` drawn from ``(seed, *noise_keys[r])`` (scaled to the prior at ``sigmas[0]``, or added
+    at level ``sigmas[0]`` to ``start[r]``), and a stochastic sampler draws its row's noise from
+    ``(seed, *step_keys[r])``, so a row never depends on its batch."""
+    noise = torch.stack([randn(shape, make_generator(derive_seed(seed, *key))) for key in noise_keys])
+    if start is None:
+        x = noise * float(schedule.prior_std(sigmas[0]))
+    else:
+        x = start + noise * float(sigmas[0])
+    g = [make_generator(derive_seed(seed, *key)) for key in step_keys]
+    return get_sampler(sampler)(den, x, sigmas, extra_args=extra_args, callback=callback, generator=g)
+
+
 @torch.no_grad()
 def upsample(
     model: PointsModel,
@@ -218,18 +244,14 @@ def upsample(
     # attention costs k m^2 instead of (k m)^2 (training on m = 512 is 3x cheaper than 1536).
     m = cfg.data.num_points
     k = -(-n // m)
-    noise = torch.stack(
-        [randn((m, 6), make_generator(derive_seed(seed, 2, i, c))) for i in ids for c in range(k)]
-    )
-    if cfg.sample.start == "coarse":
-        x = _coarse_starts(coarse, k, m, ids, seed) + noise * float(sigmas[0])
-    else:
-        x = noise * float(schedule.prior_std(sigmas[0]))
-    cb = (lambda _info: callback(len(ids))) if callback else None
-    g = [make_generator(derive_seed(seed, 3, i, c)) for i in ids for c in range(k)]
-    sample = get_sampler(cfg.sample.sampler)
-    cond = {"coarse": coarse.repeat_interleave(k, dim=0)}
-    fine = sample(den, x, sigmas, extra_args=cond, callback=cb, generator=g)
+    rows = [(i, c) for i in ids for c in range(k)]
+    fine = _draw(
+        den, schedule, sigmas, cfg.sample.sampler, (m, 6), seed,
+        noise_keys=[(2, i, c) for i, c in rows], step_keys=[(3, i, c) for i, c in rows],
+        extra_args={"coarse": coarse.repeat_interleave(k, dim=0)},
+        start=_coarse_starts(coarse, k, m, ids, seed) if cfg.sample.start == "coarse" else None,
+        callback=(lambda _info: callback(len(ids))) if callback else None,
+    )  # fmt: skip
     fine = fine.reshape(len(ids), k * m, 6)[:, :n]
     if not cfg.sample.project_k:
         return fine
@@ -443,12 +465,11 @@ class PointsPipeline:
         guided = CFGDenoiser.from_scale(
             den, st["guidance"], lambda b: text_null_condition(b, L, D), rescale=st["guidance_rescale"]
         )
-        shape = (cfg.data.num_points, 6)
-        x = torch.stack([randn(shape, make_generator(derive_seed(seed, i))) for i in ids])
-        x = x * float(schedule.prior_std(sigmas[0]))
-        cb = (lambda _info: callback(len(ids))) if callback else None
-        g = [make_generator(derive_seed(seed, 1, i)) for i in ids]  # per cloud: batch-independent
-        x = get_sampler(st["sampler"])(guided, x, sigmas, extra_args=cond, callback=cb, generator=g)
+        x = _draw(
+            guided, schedule, sigmas, st["sampler"], (cfg.data.num_points, 6), seed,
+            noise_keys=[(i,) for i in ids], step_keys=[(1, i) for i in ids], extra_args=cond,
+            callback=(lambda _info: callback(len(ids))) if callback else None,
+        )  # fmt: skip
         if boxes is not None and self.box_cfg is not None:
             x = fit_to_box(x, boxes, self.box_cfg.data.box_quantile)
         if cfg.data.canonical_yaw and turn:
@@ -467,11 +488,10 @@ class PointsPipeline:
         den = NetworkDenoiser(self.box, schedule, cfg.diffusion.prediction)
         dim = pooled.shape[-1]
         guided = CFGDenoiser.from_scale(den, cfg.sample.guidance, lambda b: {"pooled": torch.zeros(b, dim)})
-        x = torch.stack([randn((6,), make_generator(derive_seed(seed, 6, i))) for i in ids])
-        x = x * float(schedule.prior_std(sigmas[0]))
-        g = [make_generator(derive_seed(seed, 7, i)) for i in ids]
-        sample = get_sampler(cfg.sample.sampler)
-        return sample(guided, x, sigmas, extra_args={"pooled": pooled}, generator=g)
+        return _draw(
+            guided, schedule, sigmas, cfg.sample.sampler, (6,), seed,
+            noise_keys=[(6, i) for i in ids], step_keys=[(7, i) for i in ids], extra_args={"pooled": pooled},
+        )  # fmt: skip
 
     def _upsample(self, coarse: Tensor, n: int, ids: list[int], seed: int, callback: Any) -> Tensor:
         assert self.upsampler is not None and self.up_cfg is not None
