@@ -106,7 +106,7 @@ def run_dream(args: argparse.Namespace) -> int:
 
     from shared_core.io import file_sha256, write_json
     from threed.dream import DreamConfig, dream, extract_mesh, points_init_cloud
-    from threed.pipeline import DEFAULT_BASE, DEFAULT_BOX, DEFAULT_UPSAMPLER
+    from threed.pipeline import shipped_points_sha256
     from threed.world import parse_caption
 
     # 1. Inputs, before any model is loaded.
@@ -216,9 +216,7 @@ def run_dream(args: argparse.Namespace) -> int:
             "prior": prior.name, "prior_path": str(prior_path) if prior_path else None,
             "prior_sha256": file_sha256(prior_path) if prior_path and Path(prior_path).is_file() else None,
             "config": result.summary()["config"], "version": _version(),
-            "init_points_sha256": None if cfg.init != "points" else {
-                "box": file_sha256(DEFAULT_BOX) if DEFAULT_BOX.is_file() else None,
-                "base": file_sha256(DEFAULT_BASE), "upsampler": file_sha256(DEFAULT_UPSAMPLER)},
+            "init_points_sha256": shipped_points_sha256() if cfg.init == "points" else None,
             "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         })  # fmt: skip
     except BaseException:

@@ -34,6 +34,7 @@ from torch import Tensor
 
 from shared_core.errors import ExtradimError
 from shared_core.io import check_out_dir, write_json
+from threed.pipeline import shipped_points_sha256
 from threed.world import COLOURS, SHAPES, ShapeWorld, canonical_caption
 
 __all__ = [
@@ -204,6 +205,8 @@ def summarise(rows: list[dict[str, Any]], prior_name: str, cfg: Any) -> dict[str
         "quality_bar": {"thresholds": QUALITY_BAR, "checks": checks, "pass": all(checks.values())},
         "results": rows,
         "prior": prior_name,
+        # the points checkpoints each start came from (``--init points``), as in dream's manifest
+        "init_points_sha256": shipped_points_sha256() if getattr(cfg, "init", None) == "points" else None,
         "config": cfg.__dict__ if not hasattr(cfg, "__dataclass_fields__") else _asdict(cfg),
         "conventions": {
             "class": "mesh surface samples (2048, normalised) -> nearest of 10 reference clouds per class "

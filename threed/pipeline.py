@@ -43,6 +43,7 @@ __all__ = [
     "project_to_planes",
     "project_to_quadrics",
     "save_points_checkpoint",
+    "shipped_points_sha256",
     "turn_randomly",
 ]
 
@@ -169,6 +170,13 @@ class _WithBox:
 
     def __call__(self, x: Tensor, sigma: Tensor, **cond: Any) -> Tensor:
         return self.denoiser(x, sigma, box=self.boxes.repeat(x.shape[0] // len(self.boxes), 1), **cond)
+
+
+def shipped_points_sha256() -> dict[str, str | None]:
+    """The sha256 of each shipped points checkpoint that ``PointsPipeline.load()`` takes (None for
+    one that is absent): what a score-distillation start from the points pipeline came from."""
+    stages = (("box", DEFAULT_BOX), ("base", DEFAULT_BASE), ("upsampler", DEFAULT_UPSAMPLER))
+    return {name: file_sha256(path) if path.is_file() else None for name, path in stages}
 
 
 def default_box(base: str | os.PathLike[str] | None, base_cfg: PointsConfig) -> Path | Literal[False]:

@@ -8,9 +8,11 @@ import numpy as np
 import torch
 import trimesh
 
+from shared_core.io import file_sha256
 from shared_core.schedules import get_schedule
 from threed.dream import DreamConfig
-from threed.dream_eval import evaluate_dream, mesh_cloud, r_precision, view_consistency
+from threed.dream_eval import evaluate_dream, mesh_cloud, r_precision, summarise, view_consistency
+from threed.pipeline import DEFAULT_BASE, DEFAULT_BOX, DEFAULT_UPSAMPLER
 from threed.viewnet import ViewNet, ViewNetConfig, train_view_net
 from threed.views import Camera, render_mesh
 from threed.world import COLOURS, SHAPES, ShapeWorld, ground_truth_mesh, parse_caption
@@ -104,3 +106,16 @@ def test_evaluate_dream_end_to_end(tmp_path):
     assert s["r_precision_ratio"] == 1.0 and s["colour_accuracy"] == 1.0
     saved = json.loads((out / "eval.json").read_text())
     assert saved["summary"] == s and (out / "contact_sheet.png").is_file()
+    assert report["init_points_sha256"] is None  # a blob start uses no points checkpoint
+
+
+def test_summary_names_the_points_checkpoints_of_a_points_start():
+    row = {
+        "r_precision_hit": True, "r_precision_truth_hit": True, "chamfer_to_prompted": 0.01,
+        "mesh_class": "cube", "shape": "cube", "mesh_colour": "red", "colour": "red", "watertight": True,
+        "multi_view_flag": False, "seconds": 1.0,
+    }  # fmt: skip
+    report = summarise([row], "oracle", DreamConfig(init="points"))
+    shipped = (("box", DEFAULT_BOX), ("base", DEFAULT_BASE), ("upsampler", DEFAULT_UPSAMPLER))
+    assert report["init_points_sha256"] == {name: file_sha256(path) for name, path in shipped}
+    assert summarise([row], "oracle", DreamConfig(init="blob"))["init_points_sha256"] is None
