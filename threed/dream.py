@@ -217,6 +217,11 @@ def _points_pipeline() -> Any:
     return PointsPipeline.load()
 
 
+def points_init_sha256() -> dict[str, str | None]:
+    """The sha256 of the points checkpoints ``points_init_cloud`` draws from (box, base, upsampler)."""
+    return _points_pipeline().stage_sha256()
+
+
 def points_init_cloud(prompt: str, seed: int) -> Tensor:
     """``(2048, 6)``: the shipped text-to-points pipeline's cloud for (prompt, seed) in the item's
     own azimuth frame, which is the prior's (its cameras' azimuth is relative to the object's yaw)."""

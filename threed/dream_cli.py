@@ -105,8 +105,7 @@ def run_dream(args: argparse.Namespace) -> int:
     import torch
 
     from shared_core.io import file_sha256, write_json
-    from threed.dream import DreamConfig, dream, extract_mesh, points_init_cloud
-    from threed.pipeline import shipped_points_sha256
+    from threed.dream import DreamConfig, dream, extract_mesh, points_init_cloud, points_init_sha256
     from threed.world import parse_caption
 
     # 1. Inputs, before any model is loaded.
@@ -216,7 +215,7 @@ def run_dream(args: argparse.Namespace) -> int:
             "prior": prior.name, "prior_path": str(prior_path) if prior_path else None,
             "prior_sha256": file_sha256(prior_path) if prior_path and Path(prior_path).is_file() else None,
             "config": result.summary()["config"], "version": _version(),
-            "init_points_sha256": shipped_points_sha256() if cfg.init == "points" else None,
+            "init_points_sha256": points_init_sha256() if cfg.init == "points" else None,
             "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         })  # fmt: skip
     except BaseException:

@@ -199,7 +199,7 @@ def summarise(rows: list[dict[str, Any]], prior_name: str, cfg: Any) -> dict[str
         "seconds_per_object": float(np.mean([r["seconds"] for r in rows])),
     }
     checks = {k: summary[k] >= v for k, v in QUALITY_BAR.items()}
-    from threed.pipeline import shipped_points_sha256  # lazy, as the other threed imports here
+    from threed.dream import points_init_sha256  # lazy, as the other threed imports here
 
     report = {
         "summary": summary,
@@ -207,7 +207,7 @@ def summarise(rows: list[dict[str, Any]], prior_name: str, cfg: Any) -> dict[str
         "results": rows,
         "prior": prior_name,
         # the points checkpoints each start came from (``--init points``), as in dream's manifest
-        "init_points_sha256": shipped_points_sha256() if getattr(cfg, "init", None) == "points" else None,
+        "init_points_sha256": points_init_sha256() if getattr(cfg, "init", None) == "points" else None,
         "config": cfg.__dict__ if not hasattr(cfg, "__dataclass_fields__") else _asdict(cfg),
         "conventions": {
             "class": "mesh surface samples (2048, normalised) -> nearest of 10 reference clouds per class "

@@ -43,7 +43,6 @@ __all__ = [
     "project_to_planes",
     "project_to_quadrics",
     "save_points_checkpoint",
-    "shipped_points_sha256",
     "turn_randomly",
 ]
 
@@ -170,13 +169,6 @@ class _WithBox:
 
     def __call__(self, x: Tensor, sigma: Tensor, **cond: Any) -> Tensor:
         return self.denoiser(x, sigma, box=self.boxes.repeat(x.shape[0] // len(self.boxes), 1), **cond)
-
-
-def shipped_points_sha256() -> dict[str, str | None]:
-    """The sha256 of each shipped points checkpoint that ``PointsPipeline.load()`` takes (None for
-    one that is absent): what a score-distillation start from the points pipeline came from."""
-    stages = (("box", DEFAULT_BOX), ("base", DEFAULT_BASE), ("upsampler", DEFAULT_UPSAMPLER))
-    return {name: file_sha256(path) if path.is_file() else None for name, path in stages}
 
 
 def default_box(base: str | os.PathLike[str] | None, base_cfg: PointsConfig) -> Path | Literal[False]:
@@ -317,6 +309,12 @@ class PointsPipeline:
         self.box_sha256 = file_sha256(box_checkpoint) if box_checkpoint else ""
         self.guide: PointsModel | None = None
         self.autoguidance = 1.0
+
+    def stage_sha256(self) -> dict[str, str | None]:
+        """The sha256 of the checkpoint each stage was loaded from, hashed at load (None where a
+        stage is absent or was built in memory): ``{"box", "base", "upsampler"}``."""
+        base, up = self.checkpoint_sha256
+        return {"box": self.box_sha256 or None, "base": base or None, "upsampler": up or None}
 
     @classmethod
     def load(
