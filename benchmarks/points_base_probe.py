@@ -23,13 +23,11 @@ import time
 import torch
 from _results import finish, parse_probe_args, probe_parser, with_sample
 
-from shared_core.pretrained import load_pretrained
-from shared_core.text import TextEncoder
+from shared_core.errors import ExtradimError
 from threed.cli import add_box_options, box_option
 from threed.evaluate import eval_prompts, nearest_class, reference_seed
 from threed.metrics import compute_all_metrics
-from threed.modality import PointsConfig, PointsModel, build_points_model
-from threed.pipeline import DEFAULT_BASE, PROJECTIONS, PointsPipeline, default_box
+from threed.pipeline import DEFAULT_BASE, PROJECTIONS, PointsPipeline
 from threed.world import SHAPES, ShapeWorld
 
 COARSE, FULL = 512, 2048
@@ -93,33 +91,27 @@ def main() -> None:
     ap.add_argument("--guidance-rescale", type=float, default=None)
     add_box_options(ap)
     args = parse_probe_args(ap)
-    base, cfg, path = load_pretrained(args.base, PointsConfig, PointsModel)
-    if cfg.model.stage != "base":
-        raise SystemExit(f"{args.base} is a {cfg.model.stage} checkpoint, not a base")
-    up = up_cfg = None
-    if args.upsampler:
-        up, up_cfg, _ = load_pretrained(args.upsampler, PointsConfig, PointsModel)
-    cfg = with_sample(cfg, sigma_max=args.sigma_max)
-    if up_cfg is not None:
-        up_cfg = with_sample(
-            up_cfg, sigma_max=args.sigma_max, project_k=args.project_k, project_fit=args.project_fit
+    try:
+        pipe = PointsPipeline.load(
+            args.base, args.upsampler, text_encoder=args.text_encoder, box=box_option(args)
         )
-    enc = TextEncoder.load(args.text_encoder or cfg.data.text_encoder, max_length=cfg.data.max_text_length)
-    box_model = box_cfg = box_path = None
-    if (box := box_option(args)) is None:
-        box = default_box(args.base, cfg)
-    if box:
-        box_model, box_cfg, box_path = load_pretrained(box, PointsConfig, build_points_model)
-    pipe = PointsPipeline(
-        base.eval(), cfg, up.eval() if up else None, up_cfg, enc,
-        box=box_model, box_cfg=box_cfg, box_checkpoint=box_path,
-    )  # fmt: skip
+    except ExtradimError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    path, cfg = pipe.checkpoints[0], with_sample(pipe.base_cfg, sigma_max=args.sigma_max)
+    pipe.base_cfg = cfg
+    up_cfg = None
+    if args.upsampler and pipe.up_cfg is not None:
+        up_cfg = with_sample(
+            pipe.up_cfg, sigma_max=args.sigma_max, project_k=args.project_k, project_fit=args.project_fit
+        )
+        pipe.up_cfg = up_cfg
+    else:  # the coarse clouds alone
+        pipe.upsampler = pipe.up_cfg = None
     t = time.perf_counter()
     with torch.no_grad():
         st = {"steps": args.steps, "guidance": args.guidance, "guidance_rescale": args.guidance_rescale}
-        rows = probe(
-            pipe, args.per_class, full=up is not None, **{k: v for k, v in st.items() if v is not None}
-        )
+        full = pipe.upsampler is not None
+        rows = probe(pipe, args.per_class, full=full, **{k: v for k, v in st.items() if v is not None})
     result = {"base": str(path), "upsampler": args.upsampler, "per_class": args.per_class,
               "sigma_max": cfg.sample.sigma_max, "steps": args.steps,
               "guidance": args.guidance, "guidance_rescale": args.guidance_rescale,
