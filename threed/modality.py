@@ -48,6 +48,7 @@ __all__ = [
     "PointsModelConfig",
     "PointsSampleConfig",
     "add_box_condition",
+    "add_fourier_features",
     "add_self_conditioning",
     "all_captions",
     "build_points_model",
@@ -303,6 +304,26 @@ def add_self_conditioning(
     state = model.state_dict()
     w = state["dit.x_embedder.weight"]
     state["dit.x_embedder.weight"] = torch.cat([w, w.new_zeros(w.shape[0], 6)], dim=1)
+    new.load_state_dict(state)
+    return new, new_cfg
+
+
+def add_fourier_features(
+    model: PointsModel, cfg: PointsConfig, frequencies: int
+) -> tuple[PointsModel, PointsConfig]:
+    """A copy of a points stage trained without Fourier features (``model.fourier_frequencies: 0``)
+    whose tokens (and the upsampler's coarse points) also carry ``frequencies`` octaves of them, and
+    which starts as the same function: the new input columns, right after the six point channels,
+    are zero. A start for ``train.init_from`` with ``model.fourier_frequencies=frequencies``."""
+    if model.fourier or frequencies < 1:
+        raise ValueError("need a model without Fourier features and frequencies >= 1")
+    new_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, fourier_frequencies=frequencies))
+    new = PointsModel(new_cfg)
+    state = model.state_dict()
+    for key in ("dit.x_embedder.weight", "coarse_embed.0.weight"):
+        if key in state:
+            w = state[key]
+            state[key] = torch.cat([w[:, :6], w.new_zeros(w.shape[0], 6 * frequencies), w[:, 6:]], dim=1)
     new.load_state_dict(state)
     return new, new_cfg
 

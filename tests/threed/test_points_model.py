@@ -501,3 +501,31 @@ def test_self_conditioning_widens_a_trained_stage_and_samples(
     assert not torch.allclose(a1, pipeline.generate(prompts, seed=1, num_points=32, batch_size=2), atol=1e-3)
     guided = pipe.generate(prompts, seed=1, num_points=32, guidance=2.0)  # CFG halves keep their own
     assert guided.shape == a1.shape and torch.isfinite(guided).all()
+
+
+def test_fourier_features_widen_a_trained_stage_as_the_same_function(
+    pipeline: PointsPipeline, encoder: TextEncoder
+) -> None:
+    """``add_fourier_features`` gives a base and an upsampler whose tokens carry Fourier features
+    and which start as the same functions (the new columns are zero); once those columns are
+    trained the features matter; a model that has them is refused."""
+    from threed.modality import add_fourier_features
+
+    base, cfg = pipeline.base, pipeline.base_cfg
+    new, new_cfg = add_fourier_features(base, cfg, 3)
+    assert new.fourier == 3 and new_cfg.model.fourier_frequencies == 3
+    assert new.dit.x_embedder.weight.shape[1] == base.dit.x_embedder.weight.shape[1] + 18
+    x, t = torch.randn(2, 32, 6), torch.tensor([10.0, 500.0])
+    emb = encoder.encode(["a cone", "a red torus"], pad_to=16)
+    cond = {"context": emb.tokens, "context_mask": emb.mask, "pooled": emb.pooled}
+    with torch.no_grad():
+        torch.testing.assert_close(new(x, t, **cond), base(x, t, **cond))
+        new.dit.x_embedder.weight[:, 6:24].normal_(0, 0.5)  # as if trained
+        assert not torch.allclose(new(x, t, **cond), base(x, t, **cond), atol=1e-4)
+    with pytest.raises(ValueError, match="without Fourier"):
+        add_fourier_features(new, new_cfg, 2)
+    assert pipeline.upsampler is not None and pipeline.up_cfg is not None
+    up, _ = add_fourier_features(pipeline.upsampler, pipeline.up_cfg, 2)
+    coarse = torch.randn(2, 16, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(up(x, t, coarse=coarse), pipeline.upsampler(x, t, coarse=coarse))
