@@ -38,6 +38,18 @@ def with_sample(cfg: Any, **overrides: Any) -> Any:
     return dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, **given)) if given else cfg
 
 
+def base_clouds(
+    pipe: Any, prompts: list[str], ids: list[int], seed: int, settings: dict[str, Any], turn: bool = True
+) -> torch.Tensor:
+    """``(len(prompts), N, 6)``: the coarse clouds ``pipe`` (a ``threed.pipeline.PointsPipeline``)
+    draws for ``prompts`` as items ``ids`` of a run with ``seed``, before upsampling; ``turn=False``
+    leaves them in the items' own azimuth frame."""
+    emb = pipe.text.encode(prompts, pad_to=pipe.base_cfg.data.max_text_length)
+    cond = {"context": emb.tokens, "context_mask": emb.mask, "pooled": emb.pooled}
+    with torch.no_grad():
+        return pipe._base(cond, ids, seed, settings, None, turn=turn)
+
+
 def eval_base_clouds(pipe: Any, k: int, shape: str, n: int, settings: dict[str, Any]) -> torch.Tensor:
     """``(n, N, 6)``: the base's clouds for the ``n`` canonical eval prompts of ``shape`` (the ``k``-th
     class, ids ``k n .. k n + n - 1``, seed 0): the clouds ``extradim eval points --seed 0`` draws
@@ -45,10 +57,7 @@ def eval_base_clouds(pipe: Any, k: int, shape: str, n: int, settings: dict[str, 
     from threed.evaluate import eval_prompts
 
     prompts = [p for _, p in eval_prompts(shape, n)]
-    emb = pipe.text.encode(prompts, pad_to=pipe.base_cfg.data.max_text_length)
-    cond = {"context": emb.tokens, "context_mask": emb.mask, "pooled": emb.pooled}
-    with torch.no_grad():
-        return pipe._base(cond, list(range(k * n, (k + 1) * n)), 0, settings, None)
+    return base_clouds(pipe, prompts, list(range(k * n, (k + 1) * n)), 0, settings)
 
 
 def save_result(out: Path | None, result: dict[str, Any]) -> None:

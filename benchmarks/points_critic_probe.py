@@ -32,7 +32,7 @@ import math
 import time
 
 import torch
-from _results import finish, parse_probe_args, probe_parser
+from _results import base_clouds, finish, parse_probe_args, probe_parser
 from torch import Tensor, nn
 
 from shared_core.random import make_generator
@@ -40,7 +40,7 @@ from shared_core.train.distributed import derive_seed
 from threed.evaluate import eval_prompts
 from threed.metrics import one_nn_accuracy, pairwise_chamfer
 from threed.modality import rotate_z
-from threed.pipeline import PointsPipeline, turn_randomly, upsample
+from threed.pipeline import PointsPipeline, turn_items, upsample
 from threed.world import SHAPES, ShapeWorld
 
 COARSE, TOTAL = 512, 2048
@@ -150,17 +150,12 @@ def main() -> None:
     assert pipe.upsampler is not None and pipe.up_cfg is not None
     st = pipe.settings()
 
-    def draw(prompts: list[str], ids: list[int], seed: int) -> Tensor:
-        emb = pipe.text.encode(prompts, pad_to=pipe.base_cfg.data.max_text_length)
-        cond = {"context": emb.tokens, "context_mask": emb.mask, "pooled": emb.pooled}
-        with torch.no_grad():
-            return pipe._base(cond, ids, seed, st, None, turn=False)
-
     m = args.train_per_class
     gen = []
     for k, shape in enumerate(SHAPES):
         captions = [d[3] for d in ShapeWorld(COARSE, seed=777, classes=[shape]).describe(range(m))]
-        gen.append(draw(captions, list(range(10**6 + k * m, 10**6 + (k + 1) * m)), 777))
+        ids = list(range(10**6 + k * m, 10**6 + (k + 1) * m))
+        gen.append(base_clouds(pipe, captions, ids, 777, st, turn=False))
     real_batch = ShapeWorld(COARSE, seed=778).sample_ids(range(2 * m * len(SHAPES)))
     yaw = torch.tensor([p.yaw for p in real_batch.params])
     real_clouds = rotate_z(real_batch.points, -yaw)
@@ -169,26 +164,25 @@ def main() -> None:
     groups_gen, groups_real = feature_groups(torch.cat(gen)), feature_groups(real_clouds)
     is_real = torch.cat([torch.zeros(m * len(SHAPES)), torch.ones(len(real_clouds))])
     labels = torch.cat([torch.arange(len(SHAPES)).repeat_interleave(m), real_batch.labels])
+
+    def stacked(keys: list[str]) -> Tensor:  # generated rows, then real ones
+        return torch.cat([torch.cat([g[k] for k in keys], 1) for g in (groups_gen, groups_real)])
+
     accuracy: dict[str, dict[str, float]] = {}
     for name in [*groups_gen, "all"]:
-        keys = list(groups_gen) if name == "all" else [name]
-        feats = torch.cat(
-            [torch.cat([groups_gen[k] for k in keys], 1), torch.cat([groups_real[k] for k in keys], 1)]
-        )
-        accuracy[name] = held_out(feats, is_real, labels)
+        accuracy[name] = held_out(stacked(list(groups_gen) if name == "all" else [name]), is_real, labels)
         print(f"critic on {name:9s} held-out balanced accuracy {accuracy[name]['all']:.3f}", flush=True)
-    feats = torch.cat([torch.cat(list(groups_gen.values()), 1), torch.cat(list(groups_real.values()), 1)])
-    critic = Critic(feats, is_real)
+    critic = Critic(stacked(list(groups_gen)), is_real)
     bumps = sphere_bumps(gen[SHAPES.index("sphere")])
     print(f"sphere bumps {bumps}", flush=True)
 
     n, K = args.per_class, args.candidates
-    raw_cfg = pipe.up_cfg
     rows: dict[str, dict[str, float]] = {}
     for k, shape in enumerate(SHAPES):
         ids = list(range(k * n, (k + 1) * n))
         prompts = [p for _, p in eval_prompts(shape, n)]
-        cands = torch.stack([draw(prompts, ids, j) for j in range(K)], 1)  # (n, K, 512, 6)
+        # (n, K, 512, 6): candidate j drawn with pipeline seed j
+        cands = torch.stack([base_clouds(pipe, prompts, ids, j, st, turn=False) for j in range(K)], 1)
         logits = critic(torch.cat(list(feature_groups(cands.flatten(0, 1)).values()), 1)).view(n, K)
         pick = torch.stack([
             torch.multinomial(logits[i].softmax(0), 1, generator=make_generator(derive_seed(0, 12, i)))[0]
@@ -199,9 +193,9 @@ def main() -> None:
         rows[shape] = {"picked_mean_logit": round(float(logits[torch.arange(n), pick].mean()), 2),
                        "mean_logit": round(float(logits.mean()), 2)}  # fmt: skip
         for name, coarse in (("candidate_0", cands[:, 0]), ("resampled", cands[torch.arange(n), pick])):
-            coarse = turn_randomly(coarse, [make_generator(derive_seed(0, 4, i)) for i in ids])
+            coarse = turn_items(coarse, ids, 0)  # each item's own yaw, as the pipeline turns it
             with torch.no_grad():
-                fine = upsample(pipe.upsampler, raw_cfg, coarse, TOTAL - COARSE, ids, seed=0)
+                fine = upsample(pipe.upsampler, pipe.up_cfg, coarse, TOTAL - COARSE, ids, seed=0)
             full = torch.cat([coarse, fine], 1)[..., :3].clamp(-1.5, 1.5)
             rows[shape][name] = one_nn_accuracy(pairwise_chamfer(full, ref), d_rr, pairwise_chamfer(full))
         print(f"{shape:9s} " + "  ".join(f"{a} {b}" for a, b in rows[shape].items()), flush=True)

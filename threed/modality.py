@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -288,24 +289,35 @@ class PointsModel(nn.Module):
         return self.local_mlp(rel).amax(dim=2)
 
 
+def _widened(
+    model: PointsModel, cfg: PointsConfig, widen: Callable[[str], bool], width: int, at: int | None = None
+) -> PointsModel:
+    """A ``PointsModel(cfg)`` holding ``model``'s weights, with ``width`` zero input columns inserted
+    at column ``at`` (None: appended) into each weight matrix whose name ``widen`` accepts, so it
+    computes the same function until they are trained (as ControlNet and inpainting models widen a
+    pretrained input)."""
+    state = model.state_dict()
+    for key in [k for k in state if widen(k)]:
+        w = state[key]
+        cut = w.shape[1] if at is None else at
+        state[key] = torch.cat([w[:, :cut], w.new_zeros(w.shape[0], width), w[:, cut:]], dim=1)
+    new = PointsModel(cfg)
+    new.load_state_dict(state)
+    return new
+
+
 def add_self_conditioning(
     model: PointsModel, cfg: PointsConfig, probability: float = 0.5
 ) -> tuple[PointsModel, PointsConfig]:
     """A copy of a points stage trained without self-conditioning that takes ``self_cond=`` and
-    starts as the same function: the six new input columns of the token embedding are zero (as
-    ControlNet and inpainting models widen a pretrained input). A start for ``train.init_from``
-    with ``diffusion.self_condition=probability``."""
+    starts as the same function: the six new input columns of the token embedding are zero. A start
+    for ``train.init_from`` with ``diffusion.self_condition=probability``."""
     if model.self_condition:
         raise ValueError("the model already takes self-conditioning")
     new_cfg = dataclasses.replace(
         cfg, diffusion=dataclasses.replace(cfg.diffusion, self_condition=probability)
     )
-    new = PointsModel(new_cfg)
-    state = model.state_dict()
-    w = state["dit.x_embedder.weight"]
-    state["dit.x_embedder.weight"] = torch.cat([w, w.new_zeros(w.shape[0], 6)], dim=1)
-    new.load_state_dict(state)
-    return new, new_cfg
+    return _widened(model, new_cfg, lambda k: k == "dit.x_embedder.weight", 6), new_cfg
 
 
 def add_fourier_features(
@@ -318,14 +330,8 @@ def add_fourier_features(
     if model.fourier or frequencies < 1:
         raise ValueError("need a model without Fourier features and frequencies >= 1")
     new_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, fourier_frequencies=frequencies))
-    new = PointsModel(new_cfg)
-    state = model.state_dict()
-    for key in ("dit.x_embedder.weight", "coarse_embed.0.weight"):
-        if key in state:
-            w = state[key]
-            state[key] = torch.cat([w[:, :6], w.new_zeros(w.shape[0], 6 * frequencies), w[:, 6:]], dim=1)
-    new.load_state_dict(state)
-    return new, new_cfg
+    inputs = ("dit.x_embedder.weight", "coarse_embed.0.weight")
+    return _widened(model, new_cfg, lambda k: k in inputs, 6 * frequencies, at=6), new_cfg
 
 
 def build_points_model(cfg: PointsConfig) -> nn.Module:
@@ -340,13 +346,7 @@ def add_box_condition(model: PointsModel, cfg: PointsConfig) -> tuple[PointsMode
     if model.box_condition or model.stage != "base":
         raise ValueError("need a base stage without a box condition")
     new_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, box_condition=True))
-    new = PointsModel(new_cfg)
-    state = model.state_dict()
-    for key in [k for k in state if k.endswith("pooled_embedder.mlp.0.weight")]:
-        w = state[key]
-        state[key] = torch.cat([w, w.new_zeros(w.shape[0], 6)], dim=1)
-    new.load_state_dict(state)
-    return new, new_cfg
+    return _widened(model, new_cfg, lambda k: k.endswith("pooled_embedder.mlp.0.weight"), 6), new_cfg
 
 
 def text_null_condition(batch: int, length: int, dim: int) -> dict[str, Tensor]:

@@ -43,6 +43,7 @@ __all__ = [
     "project_to_planes",
     "project_to_quadrics",
     "save_points_checkpoint",
+    "turn_items",
     "turn_randomly",
 ]
 
@@ -144,6 +145,12 @@ def turn_randomly(clouds: Tensor, generators: Sequence[torch.Generator]) -> Tens
     xy = out[..., :2]
     centre = (xy.amax(dim=-2, keepdim=True) + xy.amin(dim=-2, keepdim=True)) / 2
     return torch.cat([xy - centre, out[..., 2:]], dim=-1)
+
+
+def turn_items(clouds: Tensor, ids: Sequence[int], seed: int) -> Tensor:
+    """``turn_randomly`` with cloud ``b``'s yaw drawn from ``(seed, 4, ids[b])``: the turn the
+    pipeline gives item ``ids[b]`` of a run with ``seed``."""
+    return turn_randomly(clouds, [make_generator(derive_seed(seed, 4, i)) for i in ids])
 
 
 def _coarse_starts(coarse: Tensor, k: int, m: int, ids: Sequence[int], seed: int) -> Tensor:
@@ -479,7 +486,7 @@ class PointsPipeline:
         if boxes is not None and self.box_cfg is not None:
             x = fit_to_box(x, boxes, self.box_cfg.data.box_quantile)
         if cfg.data.canonical_yaw and turn:
-            x = turn_randomly(x, [make_generator(derive_seed(seed, 4, i)) for i in ids])
+            x = turn_items(x, ids, seed)
         return x
 
     @torch.no_grad()
