@@ -283,6 +283,7 @@ def diffusion_loss(
     noise: Tensor | None = None,
     generator: torch.Generator | None = None,
     self_cond_mask: Tensor | None = None,
+    perturbation: Tensor | None = None,
     **cond: Any,
 ) -> LossOutput:
     """The simple denoising objective E ||net(x_t, t) - target||^2 with a weighting (Ho et al. 2020).
@@ -296,6 +297,10 @@ def diffusion_loss(
             first pass without gradient, given zeros, estimates x0; the samples marked True then see
             that estimate (detached), the others zeros. At sampling, ``SelfConditioning`` feeds the
             previous step's estimate. None: the network takes no ``self_cond``.
+        perturbation: an offset in data coordinates (shape of x0) added to the clean sample the
+            network sees, x_t = alpha (x0 + perturbation) + sigma eps, while the target stays x0's:
+            the network learns to undo it too. Input perturbation against exposure bias (Ning et
+            al. 2023 use white noise; a modality may give structured errors like its own samples').
     """
     if not torch.isfinite(x0).all():
         raise ValueError("x0 contains NaN or Inf")
@@ -306,7 +311,11 @@ def diffusion_loss(
         w_imp = torch.ones(batch, dtype=torch.float64)
     noise = randn_like(x0, generator) if noise is None else noise
     alpha, sigma = schedule.alpha_sigma(t)
-    x_t = q_sample(x0, alpha, sigma, noise)
+    if perturbation is not None and perturbation.shape != x0.shape:
+        raise ValueError(
+            f"perturbation shape {tuple(perturbation.shape)} does not match x0 shape {tuple(x0.shape)}"
+        )
+    x_t = q_sample(x0 if perturbation is None else x0 + perturbation, alpha, sigma, noise)
     t_in = (t * schedule.time_scale).to(device=x0.device, dtype=x0.dtype)
     if self_cond_mask is not None:
         if self_cond_mask.shape != (batch,):
@@ -321,7 +330,10 @@ def diffusion_loss(
     out = net(x_t, t_in, **cond)
     if out.shape != x0.shape:
         raise ValueError(f"network output shape {tuple(out.shape)} does not match x0 {tuple(x0.shape)}")
-    target = convert_prediction(noise, x_t, alpha, sigma, "eps", prediction)
+    if perturbation is None:
+        target = convert_prediction(noise, x_t, alpha, sigma, "eps", prediction)
+    else:  # the prediction that maps this x_t back to the clean x0
+        target = convert_prediction(x0, x_t, alpha, sigma, "x0", prediction)
     mse = (out - target).pow(2).flatten(1).mean(1)
     w = loss_weight(alpha, sigma, prediction, weighting, min_snr_gamma) * w_imp
     return LossOutput(w.to(mse) * mse, mse.detach(), t)

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from shared_core.nn.dit import DiT, DiTConfig
-from shared_core.random import make_generator, randn
+from shared_core.random import make_generator, rand, randn
 from shared_core.samplers import SAMPLERS
 from shared_core.text import DEFAULT_ENCODER, EmbeddingBank, TextEncoder
 from shared_core.train.distributed import DistInfo, derive_seed
@@ -72,6 +72,12 @@ class PointsDataConfig:
     # Box stage: the quantile q of the box it learns (per-axis q and 1 - q quantiles of the xyz;
     # ``threed.box``); the pipeline fits the base's clouds to the drawn box with the same q.
     box_quantile: float = 0.03
+    # Base: with probability ``shape_noise_prob`` an item's network input is bent by a smooth random
+    # deformation (``smooth_deformation``) of RMS size uniform in [0, ``shape_noise``] while its
+    # target stays the clean cloud (``diffusion_loss``'s ``perturbation``): the network also learns
+    # to undo low-frequency shape errors like its own samples' (model card, session 20). 0: off.
+    shape_noise: float = 0.0
+    shape_noise_prob: float = 0.5
     seed: int = 0
     text_encoder: str = DEFAULT_ENCODER
     max_text_length: int = 16
@@ -81,6 +87,30 @@ class PointsDataConfig:
             raise ValueError("num_points and coarse_points must be >= 1 and coarse_jitter >= 0")
         if not 0 <= self.box_quantile < 0.5:
             raise ValueError(f"box_quantile must be in [0, 0.5), got {self.box_quantile}")
+        if self.shape_noise < 0 or not 0 <= self.shape_noise_prob <= 1:
+            raise ValueError("shape_noise must be >= 0 and shape_noise_prob in [0, 1]")
+
+
+def smooth_deformation(
+    xyz: Tensor,
+    rms: float,
+    generator: torch.Generator,
+    waves: int = 8,
+    frequencies: tuple[float, float] = (3.0, 8.0),
+) -> Tensor:
+    """``(N, 3)``: a smooth random displacement of the points ``xyz`` (N, 3) with RMS length ``rms``:
+    a sum of ``waves`` plane waves sin(f u.x + phi) c, directions u uniform on the sphere, f uniform in
+    ``frequencies`` (radians per unit; 3-8 is a wavelength of 0.8-2.1 on a cloud of radius 1, finer
+    than its size and proportions, coarser than its point spacing), phi uniform, c ~ N(0, I)."""
+    u = randn((waves, 3), generator)
+    u = u / u.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    lo, hi = frequencies
+    f = lo + (hi - lo) * rand((waves,), generator)
+    phase = 2 * math.pi * rand((waves,), generator)
+    c = randn((waves, 3), generator)
+    d = torch.sin(xyz.double() @ (u * f[:, None]).T.double() + phase.double()) @ c.double()  # (N, 3)
+    scale = rms / d.pow(2).sum(-1).mean().sqrt().clamp_min(1e-12)
+    return (d * scale).to(xyz.dtype)
 
 
 def rotate_z(points: Tensor, yaw: Tensor | float) -> Tensor:
@@ -387,14 +417,27 @@ class PointsDataset:
             text = self.bank.row(self.bank.index[batch.captions[0]])
             if self.cfg.model.stage == "box":
                 return {"x": box_of(points[None], self.cfg.data.box_quantile)[0], "pooled": text["pooled"]}
+            item = {"x": points, **text}
             if self.cfg.model.box_condition:
-                return {"x": points, **text, "box": box_of(points[None], self.cfg.data.box_quantile)[0]}
-            return {"x": points, **text}
+                item["box"] = box_of(points[None], self.cfg.data.box_quantile)[0]
+            if self.cfg.data.shape_noise > 0:
+                item["perturbation"] = self._perturbation(points, index)
+            return item
         m = self.cfg.data.coarse_points
         jitter = randn((m, 3), make_generator(derive_seed(self.cfg.data.seed, 13, index)))
         coarse = points[:m].clone()
         coarse[:, :3] += self.cfg.data.coarse_jitter * jitter
         return {"x": points[m:], "coarse": coarse}
+
+    def _perturbation(self, points: Tensor, index: int) -> Tensor:
+        """(N, 6): item ``index``'s input perturbation (``PointsDataConfig.shape_noise``), zero on colour."""
+        d = self.cfg.data
+        g = make_generator(derive_seed(d.seed, 17, index))
+        out = torch.zeros_like(points)
+        u = rand((2,), g, dtype=torch.float64)
+        if u[0] < d.shape_noise_prob:
+            out[:, :3] = smooth_deformation(points[:, :3], float(u[1]) * d.shape_noise, g)
+        return out
 
 
 def _log(msg: str) -> None:

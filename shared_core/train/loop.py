@@ -326,6 +326,8 @@ class DiffusionObjective:
         self_condition: probability that a sample sees its own first-pass x0 estimate
             (``diffusion_loss``'s ``self_cond_mask``, drawn per sample after the noise); 0 = the
             network takes no ``self_cond``.
+        perturbation_key: batch key of an input perturbation the data gives per sample
+            (``diffusion_loss``'s ``perturbation``), used when the batch has it.
     """
 
     def __init__(
@@ -342,6 +344,7 @@ class DiffusionObjective:
         null_cond: Mapping[str, Tensor] | None = None,
         cond_drop_prob: float = 0.0,
         self_condition: float = 0.0,
+        perturbation_key: str = "perturbation",
     ) -> None:
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; valid: {', '.join(PREDICTIONS)}")
@@ -365,6 +368,7 @@ class DiffusionObjective:
         if not 0.0 <= self_condition <= 1.0:
             raise ValueError(f"self_condition must be in [0, 1], got {self_condition}")
         self.self_condition = self_condition
+        self.perturbation_key = perturbation_key
 
     @classmethod
     def from_config(
@@ -429,6 +433,7 @@ class DiffusionObjective:
             t=t,
             noise=noise,
             self_cond_mask=self_cond_mask,
+            perturbation=batch.get(self.perturbation_key),
             **cond,
         )
         return LossOutput(out.loss * w.to(out.loss), out.mse, t)

@@ -529,3 +529,43 @@ def test_fourier_features_widen_a_trained_stage_as_the_same_function(
     coarse = torch.randn(2, 16, 6)
     with torch.no_grad():
         torch.testing.assert_close(up(x, t, coarse=coarse), pipeline.upsampler(x, t, coarse=coarse))
+
+
+def test_smooth_deformation_is_smooth_seeded_and_of_the_asked_size() -> None:
+    from shared_core.random import make_generator
+    from threed.modality import smooth_deformation
+
+    g = torch.Generator().manual_seed(0)
+    xyz = torch.nn.functional.normalize(torch.randn(1024, 3, generator=g), dim=1)
+    d = smooth_deformation(xyz, 0.02, make_generator(3))
+    assert d.shape == (1024, 3) and d.dtype == xyz.dtype
+    torch.testing.assert_close(d.pow(2).sum(1).mean().sqrt(), torch.tensor(0.02))
+    assert torch.equal(d, smooth_deformation(xyz, 0.02, make_generator(3)))
+    assert not torch.equal(d, smooth_deformation(xyz, 0.02, make_generator(4)))
+    # smooth: a point moves much like its nearest neighbour, unlike a random other point
+    near = torch.cdist(xyz, xyz).topk(2, largest=False).indices[:, 1]
+    far = torch.randperm(1024, generator=torch.Generator().manual_seed(1))
+    assert (d - d[near]).norm(dim=1).mean() < 0.3 * (d - d[far]).norm(dim=1).mean()
+
+
+def test_shape_noise_gives_the_base_a_seeded_xyz_perturbation(encoder: TextEncoder) -> None:
+    """``data.shape_noise``: about ``shape_noise_prob`` of the base's items carry a smooth xyz
+    perturbation no larger than ``shape_noise`` (RMS), the same for the same item; colours and the
+    clean cloud untouched; off by default."""
+    data = {**TINY["data"], "shape_noise": 0.03, "shape_noise_prob": 0.5}
+    cfg = from_dict(PointsConfig, {**TINY, "data": data})
+    ds = PointsDataset(cfg, None)
+    ds.bank = EmbeddingBank(encoder, sorted(set(ds.world.sample_ids(range(40)).captions)))
+    plain = PointsDataset(_cfg("base"), ds.bank)
+    rms = []
+    for i in range(40):
+        item = ds[i]
+        p = item["perturbation"]
+        assert p.shape == (32, 6) and not p[:, 3:].any()
+        assert torch.equal(p, ds[i]["perturbation"]) and torch.equal(item["x"], plain[i]["x"])
+        assert "perturbation" not in plain[i]
+        rms.append(float(p[:, :3].pow(2).sum(1).mean().sqrt()))
+    moved = [r for r in rms if r > 0]
+    assert 10 <= len(moved) <= 30 and max(moved) <= 0.03 + 1e-6
+    with pytest.raises(ValueError, match="shape_noise"):
+        from_dict(PointsConfig, {**TINY, "data": {**TINY["data"], "shape_noise": -1.0}})
