@@ -44,10 +44,14 @@ SIGMAS = (0.01, 0.03, 0.1, 0.3)
 
 
 def profiles(clouds: Tensor) -> Tensor:
-    """``(B, 12)``: the 90% quantile of the XY radius in each z bin (NaN where a bin is empty)."""
+    """``(B, 12)``: the 90% quantile of the XY radius in each z bin (NaN where a bin has < 3 points)."""
     z, r = clouds[..., 2], clouds[..., :2].norm(dim=-1)
-    bins = [torch.where((z >= lo) & (z < hi), r, torch.nan) for lo, hi in itertools.pairwise(EDGES)]
-    return torch.stack([torch.nanquantile(b, 0.9, dim=1) for b in bins], 1)
+    out = []
+    for lo, hi in itertools.pairwise(EDGES):
+        inside = (z >= lo) & (z < hi)
+        q = torch.nanquantile(torch.where(inside, r, torch.nan), 0.9, dim=1)
+        out.append(torch.where(inside.sum(1) >= 3, q, torch.nan))
+    return torch.stack(out, 1)
 
 
 def _nanstd(x: Tensor) -> Tensor:
@@ -93,21 +97,23 @@ def denoiser_on_spheres(pipe: PointsPipeline, n: int = 16) -> list[dict[str, flo
     emb = pipe.text.encode(batch.captions, pad_to=pipe.base_cfg.data.max_text_length)
     cond = {"context": emb.tokens, "context_mask": emb.mask, "pooled": emb.pooled}
     cfg = pipe.base_cfg
-    den = points_denoiser(pipe.base, build_schedule(cfg.diffusion), cfg.diffusion.prediction)
-    if pipe.base.box_condition:
-        den = _WithBox(den, box_of(x0, pipe.box_cfg.data.box_quantile if pipe.box_cfg else 0.03))
+    boxes = box_of(x0, cfg.data.box_quantile)
+
+    def den(x: Tensor, s: float) -> Tensor:  # a fresh one per call: a self-conditioned one holds state
+        d = points_denoiser(pipe.base, build_schedule(cfg.diffusion), cfg.diffusion.prediction)
+        d = _WithBox(d, boxes) if pipe.base.box_condition else d
+        with torch.no_grad():
+            return d(x, torch.tensor(s), **cond)
+
     rows = []
     for s in SIGMAS:
         noise = s * randn(x0.shape, make_generator(7))
-        with torch.no_grad():
-            clean, bent = (
-                den(x0 + noise, torch.tensor(s), **cond),
-                den(x0 + bend + noise, torch.tensor(s), **cond),
-            )
+        clean, bent = den(x0 + noise, s), den(x0 + bend + noise, s)
+        ideal = ideal_sphere_denoiser((x0 + noise)[..., :3].double(), s)
         rows.append({
             "sigma": s, "bumps_clean_in": bumps(x0), "bumps_clean_out": bumps(clean),
-            "bumps_ideal_out": bumps(ideal_sphere_denoiser((x0 + noise)[..., :3].double(), s)),
-            "mean_radius_out": float(clean[..., :3].norm(dim=-1).mean()),
+            "bumps_ideal_out": bumps(ideal), "mean_radius_out": float(clean[..., :3].norm(dim=-1).mean()),
+            "mean_radius_ideal": float(ideal.norm(dim=-1).mean()),
             "bumps_bent_in": bumps(x0 + bend), "bumps_bent_out": bumps(bent),
         })  # fmt: skip
     return rows
@@ -145,9 +151,9 @@ def main() -> None:
     sphere_rows = denoiser_on_spheres(pipe)
     for r in sphere_rows:
         print(f"sigma {r['sigma']:<5} real spheres: bumps out {r['bumps_clean_out']:.4f} (ideal "
-              f"{r['bumps_ideal_out']:.4f}; mean r "
-              f"{r['mean_radius_out']:.3f}); bent by {r['bumps_bent_in']:.4f}: "
-              f"out {r['bumps_bent_out']:.4f}")  # fmt: skip
+              f"{r['bumps_ideal_out']:.4f}), mean r {r['mean_radius_out']:.3f} "
+              f"(ideal {r['mean_radius_ideal']:.3f}); "
+              f"bent by {r['bumps_bent_in']:.4f}: out {r['bumps_bent_out']:.4f}")  # fmt: skip
     result = {
         "base": str(pipe.checkpoints[0]),
         "per_class": n,

@@ -298,9 +298,12 @@ def diffusion_loss(
             that estimate (detached), the others zeros. At sampling, ``SelfConditioning`` feeds the
             previous step's estimate. None: the network takes no ``self_cond``.
         perturbation: an offset in data coordinates (shape of x0) added to the clean sample the
-            network sees, x_t = alpha (x0 + perturbation) + sigma eps, while the target stays x0's:
-            the network learns to undo it too. Input perturbation against exposure bias (Ning et
-            al. 2023 use white noise; a modality may give structured errors like its own samples').
+            network sees, x_t = alpha (x0 + perturbation) + sigma eps, while the target is the
+            prediction that maps this x_t back to the clean x0: the network learns to undo it too.
+            Inspired by input perturbation against exposure bias (Ning et al. 2023, who perturb
+            with white noise and keep the eps target). Note the scale: in eps or v units the part
+            of the target that undoes p is ~ alpha p / sigma, so perturbed samples at low sigma
+            weigh far more than the rest under uniform weighting.
     """
     if not torch.isfinite(x0).all():
         raise ValueError("x0 contains NaN or Inf")
@@ -315,7 +318,7 @@ def diffusion_loss(
         raise ValueError(
             f"perturbation shape {tuple(perturbation.shape)} does not match x0 shape {tuple(x0.shape)}"
         )
-    x_t = q_sample(x0 if perturbation is None else x0 + perturbation, alpha, sigma, noise)
+    x_t = q_sample(x0 if perturbation is None else x0 + perturbation.to(x0), alpha, sigma, noise)
     t_in = (t * schedule.time_scale).to(device=x0.device, dtype=x0.dtype)
     if self_cond_mask is not None:
         if self_cond_mask.shape != (batch,):

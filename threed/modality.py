@@ -100,8 +100,9 @@ def smooth_deformation(
 ) -> Tensor:
     """``(N, 3)``: a smooth random displacement of the points ``xyz`` (N, 3) with RMS length ``rms``:
     a sum of ``waves`` plane waves sin(f u.x + phi) c, directions u uniform on the sphere, f uniform in
-    ``frequencies`` (radians per unit; 3-8 is a wavelength of 0.8-2.1 on a cloud of radius 1, finer
-    than its size and proportions, coarser than its point spacing), phi uniform, c ~ N(0, I)."""
+    ``frequencies`` (radians per unit; 3-8 is a wavelength of 0.8-2.1 on a cloud of radius 1: bends
+    within the shape more than changes of its overall size, and much coarser than its point
+    spacing), phi uniform, c ~ N(0, I)."""
     u = randn((waves, 3), generator)
     u = u / u.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     lo, hi = frequencies
@@ -207,6 +208,10 @@ class PointsConfig(RunConfig):
     data: PointsDataConfig = field(default_factory=PointsDataConfig)
     model: PointsModelConfig = field(default_factory=PointsModelConfig)
     sample: PointsSampleConfig = field(default_factory=PointsSampleConfig)
+
+    def __post_init__(self) -> None:
+        if self.data.shape_noise > 0 and self.model.stage != "base":
+            raise ValueError("data.shape_noise is for the base stage")
 
 
 def fourier_features(xyz: Tensor, frequencies: int) -> Tensor:

@@ -569,3 +569,5 @@ def test_shape_noise_gives_the_base_a_seeded_xyz_perturbation(encoder: TextEncod
     assert 10 <= len(moved) <= 30 and max(moved) <= 0.03 + 1e-6
     with pytest.raises(ValueError, match="shape_noise"):
         from_dict(PointsConfig, {**TINY, "data": {**TINY["data"], "shape_noise": -1.0}})
+    with pytest.raises(ValueError, match="shape_noise is for the base"):
+        from_dict(PointsConfig, {**TINY, "data": data, "model": {**TINY["model"], "stage": "upsampler"}})
