@@ -60,6 +60,14 @@ def eval_base_clouds(pipe: Any, k: int, shape: str, n: int, settings: dict[str, 
     return base_clouds(pipe, prompts, list(range(k * n, (k + 1) * n)), 0, settings)
 
 
+def neighbourhood_mean_radius(xyz: torch.Tensor, k: int) -> torch.Tensor:
+    """``(B, N)``: for each point of ``xyz (B, N, 3)``, the mean distance from the origin of its
+    ``k`` nearest points (itself included) — the radius smoothed over a neighbourhood."""
+    r = xyz.norm(dim=-1)
+    idx = torch.cdist(xyz, xyz).topk(k, largest=False).indices
+    return torch.gather(r[:, None, :].expand(-1, r.shape[1], -1), 2, idx).mean(-1)
+
+
 def save_result(out: Path | None, result: dict[str, Any]) -> None:
     """Write ``result`` to ``out`` (parents created, atomically) when ``out`` is given."""
     if out:

@@ -28,7 +28,7 @@ import itertools
 import time
 
 import torch
-from _results import eval_base_clouds, finish, parse_probe_args, probe_parser
+from _results import eval_base_clouds, finish, neighbourhood_mean_radius, parse_probe_args, probe_parser
 from torch import Tensor
 
 from shared_core.random import make_generator, randn
@@ -72,11 +72,7 @@ def spread(gen: Tensor, real: Tensor) -> dict[str, float]:
 
 def bumps(clouds: Tensor, k: int = 16) -> float:
     """Mean over clouds of the within-cloud sd of each point's k-nearest-neighbour mean radius."""
-    xyz = clouds[..., :3]
-    r = xyz.norm(dim=-1)
-    idx = torch.cdist(xyz, xyz).topk(k, largest=False).indices
-    local = torch.gather(r[:, None, :].expand(-1, r.shape[1], -1), 2, idx).mean(-1)
-    return float(local.std(dim=1).mean())
+    return float(neighbourhood_mean_radius(clouds[..., :3], k).std(dim=1).mean())
 
 
 def ideal_sphere_denoiser(y: Tensor, sigma: float) -> Tensor:

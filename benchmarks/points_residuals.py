@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 
 import torch
-from _results import finish, parse_probe_args, probe_parser
+from _results import finish, neighbourhood_mean_radius, parse_probe_args, probe_parser
 
 from threed.evaluate import eval_prompts, reference_seed
 from threed.metrics import one_nn_accuracy, pairwise_chamfer
@@ -40,8 +40,7 @@ def radius_parts(clouds: torch.Tensor, k: int = 16) -> dict[str, float]:
     x = clouds[..., :3]
     x = x - (x.amax(1, keepdim=True) + x.amin(1, keepdim=True)) / 2
     r = x.norm(dim=-1)
-    idx = torch.cdist(x, x).topk(k + 1, largest=False).indices  # with the point itself
-    near = torch.gather(r[:, None, :].expand(-1, r.shape[1], -1), 2, idx).mean(-1)
+    near = neighbourhood_mean_radius(x, k + 1)  # its k nearest and the point itself
     return {
         "local": float((r - near).std(1).mean()),
         "lumpy": float(near.std(1).mean()),
